@@ -1,0 +1,91 @@
+"""The one interface every initialization method implements.
+
+A method fills the embedding rows of tokens of the new vocabulary that have no exact match
+in the base vocabulary. It sees everything through a :class:`Context` and returns float32
+rows; the pipeline casts them to the base dtype and writes them. Methods do no I/O of
+checkpoints: keeping the math pure makes each one testable on random matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+
+from transplant.vocab import VocabMatch
+
+Which = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that takes none."""
+
+
+@dataclass
+class Context:
+    """What a method may look at.
+
+    ``base_input``/``base_output`` are the base model's matrices in float32 (``base_output``
+    is ``None`` when tied). Donor matrices are indexed by *new* token ids, because a donor is
+    a model whose tokenizer is the new one; they are ``None`` without a donor.
+    """
+
+    match: VocabMatch
+    base_input: torch.Tensor
+    base_output: torch.Tensor | None
+    options: Any = field(default_factory=NoOptions)
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    donor_input: torch.Tensor | None = None
+    donor_output: torch.Tensor | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def base(self, which: Which) -> torch.Tensor:
+        """The base matrix for ``which``; the input matrix stands in for a tied output."""
+        if which == "output" and self.base_output is not None:
+            return self.base_output
+        return self.base_input
+
+    def donor(self, which: Which) -> torch.Tensor:
+        """The donor matrix for ``which`` (tied donors share one matrix)."""
+        if self.donor_input is None:
+            raise ValueError("this method needs a donor model (--donor)")
+        if which == "output" and self.donor_output is not None:
+            return self.donor_output
+        return self.donor_input
+
+    def generator(self, which: Which) -> torch.Generator:
+        """A fresh generator per matrix, so results do not depend on call order."""
+        digest = hashlib.sha256(f"{self.seed}:{which}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class Method(Protocol):
+    """An initialization method: one class, one file, registered by name."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type]
+    needs_donor: ClassVar[bool]
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        """Rows (len(missing), d_base) in float32 for the new ids in ``missing``."""
+        ...
+
+
+class MethodBase:
+    """Defaults for the class attributes of :class:`Method`; subclass and override."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_donor: ClassVar[bool] = False
+
+
+def option_fields(options_cls: type) -> list[dataclasses.Field]:
+    """The fields of a method's options dataclass (what the CLI exposes as flags)."""
+    return list(dataclasses.fields(options_cls))

@@ -1,0 +1,49 @@
+"""Name -> method registry.
+
+Methods register themselves with ``@register``; :func:`load_all` imports every module of
+``transplant.methods`` and ``hypernet`` so that adding a method is adding one file, never
+editing a dispatch table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from transplant.errors import UserError
+from transplant.methods.base import Method
+
+_REGISTRY: dict[str, type[Method]] = {}
+_PLUGIN_PACKAGES = ("transplant.methods", "hypernet")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two methods are named {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_all() -> None:
+    """Import every module of the plugin packages (idempotent)."""
+    for package_name in _PLUGIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{info.name}")
+
+
+def available() -> dict[str, type[Method]]:
+    """All registered methods, sorted by name."""
+    load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type[Method]:
+    """The method class called ``name``; a one-line error lists the known names."""
+    methods = available()
+    if name not in methods:
+        raise UserError(f"unknown method {name!r}; known: {', '.join(methods)}")
+    return methods[name]
