@@ -1,0 +1,99 @@
+"""Baselines: zero, mean, random (per-dimension statistics) and subword (FVT).
+
+``mean_rows`` and ``subword_rows`` are also the fallbacks other methods use for tokens
+they cannot place, so they are plain functions as well as registered methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from transplant.methods.base import Context, MethodBase, Which
+from transplant.methods.registry import register
+
+
+def mean_rows(ctx: Context, which: Which, count: int) -> torch.Tensor:
+    """``count`` copies of the mean base row."""
+    base = ctx.base(which).to(ctx.device, torch.float32)
+    return base.mean(dim=0, keepdim=True).expand(count, -1).clone()
+
+
+def subword_rows(
+    ctx: Context,
+    which: Which,
+    missing: torch.Tensor,
+    weighting: Literal["mean", "length", "first"] = "mean",
+) -> torch.Tensor:
+    """FVT: each token's row is a weighted mean of the base rows of its decomposition.
+
+    Works on the padded (n, L) decomposition at once: a gather plus a weighted sum, no loop
+    over tokens. Tokens that decompose to nothing get the mean row.
+    """
+    base = ctx.base(which).to(ctx.device, torch.float32)
+    pieces = ctx.match.decompose_padded(missing).to(ctx.device)
+    present = pieces >= 0
+    if weighting == "first":
+        weights = torch.zeros_like(pieces, dtype=torch.float32)
+        weights[:, 0] = present[:, 0].float()
+    elif weighting == "length":
+        lengths = torch.tensor(
+            [len(s) for s in ctx.match.base_vocab.surfaces], dtype=torch.float32, device=ctx.device
+        )
+        weights = torch.where(present, lengths[pieces.clamp(min=0)].clamp(min=1.0), 0.0)
+    else:
+        weights = present.float()
+    total = weights.sum(dim=1, keepdim=True)
+    rows = torch.einsum("nl,nld->nd", weights, base[pieces.clamp(min=0)])
+    rows = rows / total.clamp(min=1e-12)
+    empty = total.squeeze(1) == 0
+    if empty.any():
+        rows[empty] = mean_rows(ctx, which, int(empty.sum()))
+    return rows
+
+
+@register
+class Zero(MethodBase):
+    name: ClassVar[str] = "zero"
+    description: ClassVar[str] = "zero rows (a lower bound to compare against)"
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(missing), ctx.base(which).shape[1], device=ctx.device)
+
+
+@register
+class Mean(MethodBase):
+    name: ClassVar[str] = "mean"
+    description: ClassVar[str] = "mean of all base rows"
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        return mean_rows(ctx, which, len(missing))
+
+
+@register
+class Random(MethodBase):
+    name: ClassVar[str] = "random"
+    description: ClassVar[str] = "normal noise with the per-dimension mean and std of the base rows (seeded)"
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        base = ctx.base(which).to(torch.float32)
+        std, mean = torch.std_mean(base, dim=0)
+        noise = torch.randn(len(missing), base.shape[1], generator=ctx.generator(which))
+        return (mean + std * noise).to(ctx.device)
+
+
+@dataclass(frozen=True)
+class SubwordOptions:
+    subword_weighting: Literal["mean", "length", "first"] = "mean"
+
+
+@register
+class Subword(MethodBase):
+    name: ClassVar[str] = "subword"
+    description: ClassVar[str] = "FVT: mean of the base rows of the token's base-tokenizer pieces"
+    Options: ClassVar[type] = SubwordOptions
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        return subword_rows(ctx, which, missing, ctx.options.subword_weighting)
