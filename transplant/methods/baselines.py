@@ -26,32 +26,35 @@ def subword_rows(
     which: Which,
     missing: torch.Tensor,
     weighting: Literal["mean", "length", "first"] = "mean",
+    batch_size: int = 4096,
 ) -> torch.Tensor:
     """FVT: each token's row is a weighted mean of the base rows of its decomposition.
 
-    Works on the padded (n, L) decomposition at once: a gather plus a weighted sum, no loop
-    over tokens. Tokens that decompose to nothing get the mean row.
+    Works on padded (batch, L) decompositions: a gather plus a weighted sum per batch, no
+    loop over tokens; batches bound the (batch, L, d) gather. Tokens that decompose to
+    nothing get the mean row.
     """
     base = ctx.base(which).to(ctx.device, torch.float32)
-    pieces = ctx.match.decompose_padded(missing).to(ctx.device)
-    present = pieces >= 0
-    if weighting == "first":
-        weights = torch.zeros_like(pieces, dtype=torch.float32)
-        weights[:, 0] = present[:, 0].float()
-    elif weighting == "length":
-        lengths = torch.tensor(
-            [len(s) for s in ctx.match.base_vocab.surfaces], dtype=torch.float32, device=ctx.device
-        )
-        weights = torch.where(present, lengths[pieces.clamp(min=0)].clamp(min=1.0), 0.0)
-    else:
-        weights = present.float()
-    total = weights.sum(dim=1, keepdim=True)
-    rows = torch.einsum("nl,nld->nd", weights, base[pieces.clamp(min=0)])
-    rows = rows / total.clamp(min=1e-12)
-    empty = total.squeeze(1) == 0
-    if empty.any():
-        rows[empty] = mean_rows(ctx, which, int(empty.sum()))
-    return rows
+    lengths = torch.tensor([len(s) for s in ctx.match.base_vocab.surfaces], dtype=torch.float32)
+    lengths = lengths.to(ctx.device).clamp(min=1.0)
+    out = torch.empty(len(missing), base.shape[1], device=ctx.device)
+    for start in range(0, len(missing), batch_size):
+        pieces = ctx.match.decompose_padded(missing[start : start + batch_size]).to(ctx.device)
+        present = pieces >= 0
+        if weighting == "first":
+            weights = torch.zeros_like(pieces, dtype=torch.float32)
+            weights[:, 0] = present[:, 0].float()
+        elif weighting == "length":
+            weights = torch.where(present, lengths[pieces.clamp(min=0)], 0.0)
+        else:
+            weights = present.float()
+        total = weights.sum(dim=1, keepdim=True)
+        rows = torch.einsum("nl,nld->nd", weights, base[pieces.clamp(min=0)])
+        out[start : start + len(pieces)] = rows / total.clamp(min=1e-12)
+        empty = total.squeeze(1) == 0
+        if empty.any():
+            out[start : start + len(pieces)][empty] = mean_rows(ctx, which, int(empty.sum()))
+    return out
 
 
 @register
