@@ -1,26 +1,29 @@
 """Batched orthogonal matching pursuit (OMP): pure tensor math, no I/O.
 
-For each target x, OMP greedily picks up to k atoms (rows of a dictionary A): at each step the
-atom whose inner product with the current residual is largest in absolute value, then refits
-the coefficients of *all* picked atoms by least squares, so the residual x - c·A_S is always
-orthogonal to the picked atoms. This matches mergekit's ``batch_omp`` step for step (raw inner
-products, no normalization, every target gets k atoms).
+For each target x, OMP greedily picks k atoms (rows of a dictionary A): at each step the atom
+whose inner product with the current residual is largest in absolute value, then refits the
+coefficients of *all* picked atoms by least squares, so the residual x - c·A_S stays
+orthogonal to the picked atoms. Exact mode matches mergekit's ``batch_omp`` step for step
+(raw inner products, no normalization, every target gets k atoms).
 
-Why it is faster than the straightforward version, and where the cost really is:
+Where the time goes, and what is done about it:
 
-* Coefficients come from an incrementally updated Cholesky factor of the Gram matrix of the
-  picked atoms (Batch-OMP, Rubinstein, Zibulevsky & Elad 2008): one new row per step, two
-  triangular solves of size t, all in float64 on (batch, k, k) tensors, which is cheap and
-  stable. No (batch, D, k) orthonormal basis has to be maintained.
-* Correlations: Batch-OMP updates them as alpha = alpha0 - G[:, S]·c with a precomputed
-  N×N Gram matrix. With token embeddings N (tens of thousands of anchors) is much larger than
-  D (hundreds), so that Gram matrix would take gigabytes and each update is a memory-bound
-  matrix-vector product per target; recomputing ``residual @ A.T`` is one GEMM per step that
-  runs at full speed instead. The Gram update is used where it pays: inside a per-target
-  *candidate set* (``candidates=M``): the M anchors most correlated with x (one exact GEMM
-  plus top-k). Then each step touches M atoms instead of N. With M >= N this is exact; with
-  fewer candidates it is an approximation whose agreement with exact OMP is measured in the
-  benchmark, and whose residual is returned so callers can judge each token.
+* Coefficients: an incrementally grown Cholesky factor of the Gram matrix of the picked atoms
+  (as in Batch-OMP, Rubinstein, Zibulevsky & Elad 2008): one new row and two triangular
+  solves of size t per step, in float64 on (batch, k, k) tensors. Cheap and stable; no
+  (batch, D, k) orthonormal basis to maintain.
+* Correlations with all N atoms are the real cost (N·D per target per step). Batch-OMP's
+  other half, alpha = alpha0 - G[:, S]·c with a precomputed N×N Gram matrix, does not pay
+  with token embeddings: N (~46k anchors) is far larger than D (~600), so G takes ~8 GB and
+  each update is a memory-bound matrix-vector product per target, slower than the one GEMM
+  ``residual @ A.T`` it replaces. So exact mode does that GEMM every step.
+* ``refresh=R > 1`` (approximate) does the full GEMM only every R steps and keeps each
+  target's ``pool`` best-correlated atoms from it; the steps in between score only the pool
+  against the exact current residual. The atoms OMP picks next are almost always among the
+  ones most correlated with the residual a few steps earlier, so this costs ~R times less
+  for a small change in the result (measured in ``benchmarks/omp_vs_mergekit.py``). A pool
+  taken once from the *target* (not the residual) does not work: raw embeddings share a
+  dominant mean direction, so the first pick removes what made those atoms look close.
 """
 
 from __future__ import annotations
@@ -41,13 +44,12 @@ class OmpResult:
     rel_residual: torch.Tensor
 
 
-def auto_batch_size(num_atoms: int, dim: int, k: int, candidates: int, fraction: float = 0.25) -> int:
+def auto_batch_size(num_atoms: int, dim: int, k: int, pool: int, fraction: float = 0.25) -> int:
     """How many targets fit in ``fraction`` of the available RAM at once.
 
-    Per target we hold a row of N correlations (and its absolute value), the gathered
-    candidate atoms (M, D) when preselecting, and the (k, k) Cholesky factor in float64."""
-    width = candidates if 0 < candidates < num_atoms else 0
-    per_target = 4 * (3 * num_atoms + width * (dim + k) + 2 * dim) + 8 * (k * k + 3 * k)
+    Per target: a row of N correlations and its absolute value, the picked atoms (k, D), the
+    pool's atoms (M, D) and the (k, k) float64 Cholesky factor."""
+    per_target = 4 * (3 * num_atoms + (k + pool) * dim + 2 * dim) + 8 * (k * k + 3 * k)
     budget = psutil.virtual_memory().available * fraction
     return int(max(16, min(4096, budget // per_target)))
 
@@ -56,62 +58,59 @@ def batch_omp(
     targets: torch.Tensor,
     atoms: torch.Tensor,
     k: int,
-    candidates: int = 0,
+    refresh: int = 1,
+    pool: int = 256,
     batch_size: int = 0,
 ) -> OmpResult:
     """OMP of every row of ``targets`` (B, D) over the rows of ``atoms`` (N, D).
 
-    ``candidates`` = 0 (or >= N) is exact OMP; M > 0 restricts each target to its M atoms of
-    largest |inner product| (M >= k). ``batch_size`` = 0 adapts to the available RAM."""
+    ``refresh`` = 1 is exact OMP; R > 1 scores all atoms every R steps only and a pool of the
+    ``pool`` best in between (see the module docstring). ``batch_size`` = 0 adapts to RAM."""
     num_atoms, dim = atoms.shape
     if not 1 <= k <= num_atoms:
         raise ValueError(f"cannot pick {k} atoms out of {num_atoms}")
-    if 0 < candidates < k:
-        raise ValueError(f"candidates ({candidates}) must be at least k ({k})")
-    if candidates >= num_atoms:
-        candidates = 0
-    batch_size = batch_size or auto_batch_size(num_atoms, dim, k, candidates)
+    if refresh < 1:
+        raise ValueError(f"refresh must be >= 1, got {refresh}")
+    pool = min(pool, num_atoms) if refresh > 1 else 0
+    if refresh > 1 and pool < min(refresh, num_atoms):
+        raise ValueError(f"pool ({pool}) must hold at least refresh ({refresh}) atoms")
+    batch_size = batch_size or auto_batch_size(num_atoms, dim, k, pool)
     atoms = atoms.to(torch.float32)
     parts = [
-        _omp_batch(targets[start : start + batch_size].to(atoms), atoms, k, candidates)
+        _omp_batch(targets[start : start + batch_size].to(atoms), atoms, k, refresh, pool)
         for start in range(0, len(targets), batch_size)
-    ] or [_omp_batch(targets.to(atoms), atoms, k, candidates)]
+    ] or [_omp_batch(targets.to(atoms), atoms, k, refresh, pool)]
     return OmpResult(*(torch.cat(field) for field in zip(*((p.indices, p.coeffs, p.rel_residual) for p in parts))))
 
 
-def _omp_batch(x: torch.Tensor, atoms: torch.Tensor, k: int, candidates: int) -> OmpResult:
+def _omp_batch(x: torch.Tensor, atoms: torch.Tensor, k: int, refresh: int, pool: int) -> OmpResult:
     """One batch of targets; see :func:`batch_omp`."""
-    rows = torch.arange(len(x), device=x.device)
-    alpha0 = x @ atoms.T  # (B, N): inner products with every atom
-    if candidates:
-        pool = alpha0.abs().topk(candidates, dim=1).indices  # (B, M) atom ids
-        pool_atoms = atoms[pool]  # (B, M, D)
-        alpha0 = alpha0.gather(1, pool)
-        gram_cols = torch.empty(len(x), k, candidates, device=x.device)  # G[S, :] within the pool
-    alpha = alpha0
-    picked = torch.empty(len(x), k, dtype=torch.long, device=x.device)  # columns of alpha
-    chosen = torch.empty(len(x), k, atoms.shape[1], device=x.device)  # their atoms, in order
+    rows = torch.arange(len(x), device=x.device)[:, None]
+    alpha0 = x @ atoms.T  # (B, N): inner products with every atom, the least-squares rhs
+    picked = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+    chosen = torch.empty(len(x), k, atoms.shape[1], device=x.device)  # picked atoms, in order
     chol = torch.zeros(len(x), k, k, dtype=torch.float64, device=x.device)  # G_S = L L^T
+    residual = x
     for t in range(k):
-        score = alpha.abs()
-        score[rows[:, None], picked[:, :t]] = -1.0  # never pick an atom twice
-        picked[:, t] = new = score.argmax(dim=1)
-        chosen[:, t] = atom = pool_atoms[rows, new] if candidates else atoms[new]
-        if candidates:
-            gram_cols[:, t] = torch.bmm(pool_atoms, atom[:, :, None]).squeeze(-1)
-            gram_row = gram_cols[:, : t + 1].gather(2, new[:, None, None].expand(-1, t + 1, 1)).squeeze(-1)
+        if t % refresh == 0:
+            score = (alpha0 if t == 0 else residual @ atoms.T).abs()
+            score[rows, picked[:, :t]] = -1.0  # never pick an atom twice
+            if refresh > 1:
+                ids = score.topk(pool, dim=1).indices  # (B, M) the pool, best first
+                pool_atoms = atoms[ids]
+            new = score.argmax(dim=1)
         else:
-            gram_row = torch.bmm(chosen[:, : t + 1], atom[:, :, None]).squeeze(-1)
+            score = torch.bmm(pool_atoms, residual[:, :, None]).squeeze(-1).abs_()
+            score[(ids[:, :, None] == picked[:, None, :t]).any(dim=2)] = -1.0
+            new = ids[rows.squeeze(1), score.argmax(dim=1)]
+        picked[:, t] = new
+        chosen[:, t] = atom = atoms[new]
+        gram_row = torch.bmm(chosen[:, : t + 1], atom[:, :, None]).squeeze(-1)
         _extend_cholesky(chol, t, gram_row.double())
         coeffs = _cholesky_solve(chol[:, : t + 1, : t + 1], alpha0.gather(1, picked[:, : t + 1]).double()).float()
-        if candidates:
-            alpha = alpha0 - torch.bmm(coeffs[:, None, :], gram_cols[:, : t + 1]).squeeze(1)
-        elif t + 1 < k:
-            alpha = (x - torch.bmm(coeffs[:, None, :], chosen[:, : t + 1]).squeeze(1)) @ atoms.T
-    residual = x - torch.bmm(coeffs[:, None, :], chosen).squeeze(1)
+        residual = x - torch.bmm(coeffs[:, None, :], chosen[:, : t + 1]).squeeze(1)
     rel = residual.norm(dim=1) / x.norm(dim=1).clamp(min=1e-12)
-    indices = pool.gather(1, picked) if candidates else picked
-    return OmpResult(indices, coeffs, rel)
+    return OmpResult(picked, coeffs, rel)
 
 
 def _extend_cholesky(chol: torch.Tensor, t: int, gram_row: torch.Tensor) -> None:

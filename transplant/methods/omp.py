@@ -30,7 +30,8 @@ from transplant.omp import OmpResult, batch_omp
 class OmpOptions:
     k: int = 64
     center: bool = False
-    candidates: int = 0
+    refresh: int = 1
+    pool: int = 256
     batch_size: int = 0
     fallback: Literal["none", "subword"] = "none"
     fallback_threshold: float = 0.5
@@ -41,8 +42,10 @@ def _validate(options: OmpOptions, num_anchors: int) -> None:
         raise UserError("omp: the donor and base vocabularies share no tokens to use as anchors")
     if options.k < 1 or options.k > num_anchors:
         raise UserError(f"omp: --k must be between 1 and the number of anchors ({num_anchors}), got {options.k}")
-    if options.candidates < 0 or 0 < options.candidates < options.k:
-        raise UserError(f"omp: --candidates must be 0 (exact) or at least --k ({options.k}), got {options.candidates}")
+    if options.refresh < 1:
+        raise UserError(f"omp: --refresh must be >= 1 (1 = exact OMP), got {options.refresh}")
+    if options.refresh > 1 and options.pool < min(options.refresh, num_anchors):
+        raise UserError(f"omp: --pool must hold at least --refresh ({options.refresh}) anchors, got {options.pool}")
     if options.batch_size < 0:
         raise UserError(f"omp: --batch-size must be >= 0 (0 adapts to RAM), got {options.batch_size}")
     if options.fallback not in ("none", "subword"):
@@ -66,7 +69,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    result = batch_omp(targets, atoms, options.k, options.candidates, options.batch_size)
+    result = batch_omp(targets, atoms, options.k, options.refresh, options.pool, options.batch_size)
     rows = torch.einsum("nk,nkd->nd", result.coeffs, images[result.indices])
     if options.center:
         rows += base_mean
