@@ -130,6 +130,7 @@ def match():
 def make_context(match, d_base: int = 24, d_donor: int = 16, donor_rows: int | None = None, **options) -> Context:
     g = torch.Generator().manual_seed(0)
     donor_rows = donor_rows or match.num_rows
+    options.setdefault("fallback", "none")  # test OMP itself unless a test asks for the fallback
     return Context(
         match=match,
         base_input=torch.randn(len(match.base_vocab), d_base, generator=g),
