@@ -1,0 +1,188 @@
+"""OMP: the fast Batch-OMP against mergekit and against a plain reference, then the method."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from transplant.errors import UserError
+from transplant.methods.base import Context
+from transplant.methods.omp import Omp, OmpOptions
+from transplant.omp import batch_omp
+from transplant.vocab import match_vocabularies
+
+
+def reference_omp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
+    """Textbook OMP for one target in float64: loops, a full lstsq refit every step."""
+    x, atoms = x.double(), atoms.double()
+    support: list[int] = []
+    residual = x.clone()
+    coeffs = torch.zeros(0, dtype=torch.float64)
+    for _ in range(k):
+        scores = (atoms @ residual).abs()
+        scores[support] = -1.0
+        support.append(int(scores.argmax()))
+        coeffs = torch.linalg.lstsq(atoms[support].T, x[:, None]).solution[:, 0]
+        residual = x - atoms[support].T @ coeffs
+    return support, coeffs
+
+
+def dictionary(num_atoms: int, dim: int, seed: int) -> torch.Tensor:
+    """Random atoms with unequal norms, as embedding rows have (OMP does not normalize)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(num_atoms, dim, generator=g) * (0.2 + 2 * torch.rand(num_atoms, 1, generator=g))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("num_atoms", "dim", "k"), [(300, 48, 8), (2000, 96, 32), (1500, 256, 64)])
+def test_matches_mergekit_batch_omp(num_atoms: int, dim: int, k: int) -> None:
+    """Same atoms in the same order and the same coefficients. Kept to k well below dim: once
+    the residual is tiny, late picks are near-ties that rounding alone can flip."""
+    mergekit_omp = pytest.importorskip("mergekit.tokensurgeon.omp").batch_omp
+    atoms = dictionary(num_atoms, dim, seed=num_atoms)
+    targets = torch.randn(120, dim, generator=torch.Generator().manual_seed(1))
+    indices, coeffs = mergekit_omp(targets, atoms, k)
+    ours = batch_omp(targets, atoms, k, batch_size=50)
+    assert torch.equal(ours.indices, indices)
+    assert relative_error(ours.coeffs, coeffs) < 1e-4
+
+
+def test_matches_reference_and_reports_residual() -> None:
+    atoms = dictionary(400, 40, seed=7)
+    targets = torch.randn(30, 40, generator=torch.Generator().manual_seed(2))
+    ours = batch_omp(targets, atoms, 12)
+    for i, x in enumerate(targets):
+        support, coeffs = reference_omp(x, atoms, 12)
+        assert ours.indices[i].tolist() == support
+        assert relative_error(ours.coeffs[i].double(), coeffs) < 1e-4
+        residual = x - ours.coeffs[i] @ atoms[ours.indices[i]]
+        assert ours.rel_residual[i] == pytest.approx(float(residual.norm() / x.norm()), rel=1e-4)
+
+
+def test_exact_recovery_of_sparse_combinations() -> None:
+    g = torch.Generator().manual_seed(4)
+    atoms = torch.nn.functional.normalize(torch.randn(300, 256, generator=g), dim=1)
+    support = torch.stack([torch.randperm(300, generator=g)[:5] for _ in range(20)])
+    weights = torch.rand(20, 5, generator=g) + 0.5
+    targets = torch.einsum("bk,bkd->bd", weights, atoms[support])
+    result = batch_omp(targets, atoms, 5)
+    assert (result.rel_residual < 1e-4).all()
+    assert torch.equal(result.indices.sort(dim=1).values, support.sort(dim=1).values)
+
+
+def test_refresh_one_is_exact_and_pools_stay_close() -> None:
+    atoms = dictionary(800, 64, seed=5)
+    targets = torch.randn(40, 64, generator=torch.Generator().manual_seed(6))
+    exact = batch_omp(targets, atoms, 16)
+    assert torch.equal(batch_omp(targets, atoms, 16, refresh=2, pool=800).indices, exact.indices)
+    pooled = batch_omp(targets, atoms, 16, refresh=4, pool=100)
+    assert torch.equal(pooled.indices[:, 0], exact.indices[:, 0])  # step 0 always scores every atom
+    assert all(len(set(row.tolist())) == 16 for row in pooled.indices)
+    residual = targets - torch.einsum("bk,bkd->bd", pooled.coeffs, atoms[pooled.indices])
+    torch.testing.assert_close(pooled.rel_residual, residual.norm(dim=1) / targets.norm(dim=1), rtol=1e-4, atol=1e-5)
+    assert pooled.rel_residual.mean() < 1.1 * exact.rel_residual.mean()
+
+
+def test_bad_arguments() -> None:
+    atoms = dictionary(10, 8, seed=0)
+    with pytest.raises(ValueError):
+        batch_omp(torch.randn(2, 8), atoms, 11)
+    with pytest.raises(ValueError):
+        batch_omp(torch.randn(2, 8), atoms, 4, refresh=4, pool=3)
+
+
+# --- the method, through a Context on tiny trained tokenizers ------------------------------
+
+TEXT = (
+    "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. "
+    "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i * i)\n"
+    "tokenizers split words into pieces; pieces that two vocabularies share are anchors. "
+)
+
+
+def train_tokenizer(vocab_size: int, text: str) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([text] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def match():
+    base = train_tokenizer(300, TEXT)
+    new = train_tokenizer(340, TEXT.upper() + TEXT[::2])
+    return match_vocabularies(base, new)
+
+
+def make_context(match, d_base: int = 24, d_donor: int = 16, donor_rows: int | None = None, **options) -> Context:
+    g = torch.Generator().manual_seed(0)
+    donor_rows = donor_rows or match.num_rows
+    options.setdefault("fallback", "none")  # test OMP itself unless a test asks for the fallback
+    return Context(
+        match=match,
+        base_input=torch.randn(len(match.base_vocab), d_base, generator=g),
+        base_output=torch.randn(len(match.base_vocab), d_base, generator=g),
+        options=OmpOptions(**options),
+        donor_input=torch.randn(donor_rows, d_donor, generator=g),
+        donor_output=torch.randn(donor_rows, d_donor, generator=g),
+    )
+
+
+def test_method_shapes_determinism_and_transfer(match) -> None:
+    assert len(match.missing) > 0 and len(match.anchors[0]) > 20
+    ctx = make_context(match, k=8)
+    rows = Omp().init_rows(ctx, "input", match.missing)
+    assert rows.shape == (len(match.missing), 24) and torch.isfinite(rows).all()
+    assert torch.equal(rows, Omp().init_rows(make_context(match, k=8), "input", match.missing))
+    assert not torch.equal(rows, Omp().init_rows(ctx, "output", match.missing))
+    # A missing token whose donor row *is* a (dominant) anchor's row gets that anchor's base row.
+    new_ids, base_ids = match.anchors
+    ctx.donor_input[new_ids[3]] *= 100
+    ctx.donor_input[match.missing[0]] = ctx.donor_input[new_ids[3]]
+    rows = Omp().init_rows(ctx, "input", match.missing)
+    torch.testing.assert_close(rows[0], ctx.base_input[base_ids[3]], rtol=1e-3, atol=1e-3)
+
+
+def test_center_adds_base_mean_back(match) -> None:
+    ctx = make_context(match, k=1, center=True)
+    new_ids, base_ids = match.anchors
+    donor_mean = ctx.donor_input[new_ids].mean(dim=0)
+    ctx.donor_input[match.missing[0]] = donor_mean
+    rows = Omp().init_rows(ctx, "input", match.missing[:1])
+    torch.testing.assert_close(rows[0], ctx.base_input[base_ids].mean(dim=0), rtol=1e-4, atol=1e-4)
+
+
+def test_tokens_beyond_donor_and_bad_fits_fall_back_to_subword(match) -> None:
+    from transplant.methods.baselines import subword_rows
+
+    donor_rows = int(match.missing[len(match.missing) // 2])
+    ctx = make_context(match, donor_rows=donor_rows, k=4)
+    rows = Omp().init_rows(ctx, "input", match.missing)
+    beyond = match.missing >= donor_rows
+    torch.testing.assert_close(rows[beyond], subword_rows(ctx, "input", match.missing[beyond]))
+    everything = make_context(match, donor_rows=donor_rows, k=4, fallback="subword", fallback_threshold=0.0)
+    torch.testing.assert_close(Omp().init_rows(everything, "input", match.missing), subword_rows(ctx, "input", match.missing))
+
+
+def test_user_errors(match) -> None:
+    anchors = len(match.anchors[0])
+    with pytest.raises(UserError, match="between 1 and"):
+        Omp().init_rows(make_context(match, k=anchors + 1), "input", match.missing)
+    with pytest.raises(UserError, match="pool"):
+        Omp().init_rows(make_context(match, k=8, refresh=8, pool=4), "input", match.missing)
+    no_anchors = dataclasses.replace(match, copy_new=match.copy_new[:0], copy_base=match.copy_base[:0])
+    with pytest.raises(UserError, match="share no tokens"):
+        Omp().init_rows(make_context(no_anchors), "input", match.missing)
