@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from transplant.errors import UserError
 
 DEFAULT_GROUP = "all"
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
+
+Progress = Callable[[int, int], None]  # (windows just scored, total windows)
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,9 @@ def make_windows(doc: int, ids: Sequence[int], max_length: int, overlap: int) ->
 
 
 @torch.inference_mode()
-def score_windows(model, windows: Sequence[Window], pad_id: int, config: EvalConfig) -> list[float]:
+def score_windows(
+    model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
+) -> list[float]:
     """Summed NLL (nats) of the scored targets of each window, in the order given."""
     vocab = model.get_output_embeddings().weight.shape[0]
     token_budget = max(LOGITS_BUDGET_BYTES // (4 * vocab), 1)
@@ -209,6 +213,8 @@ def score_windows(model, windows: Sequence[Window], pad_id: int, config: EvalCon
         batch = [windows[i] for i in order[start:stop]]
         for i, value in zip(order[start:stop], _score_batch(model, batch, pad_id), strict=True):
             nll[i] = value
+        if progress is not None:
+            progress(stop - start, len(windows))
         start = stop
     return nll
 
@@ -234,7 +240,9 @@ def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[float]:
     return per_row.tolist()
 
 
-def score_documents(model, tokenizer, docs: Sequence[Document], config: EvalConfig = EvalConfig()) -> list[Score]:
+def score_documents(
+    model, tokenizer, docs: Sequence[Document], config: EvalConfig = EvalConfig(), progress: Progress | None = None
+) -> list[Score]:
     """One `Score` per document (NLL of its text tokens, token and byte counts)."""
     if config.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
@@ -245,7 +253,7 @@ def score_documents(model, tokenizer, docs: Sequence[Document], config: EvalConf
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
     encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
     windows = [w for i, ids in enumerate(encoded) for w in make_windows(i, [prefix, *ids], max_length, overlap)]
-    window_nll = score_windows(model, windows, pad_id, config)
+    window_nll = score_windows(model, windows, pad_id, config, progress)
     scores = [Score(tokens=len(ids), bytes=len(d.text.encode("utf-8")), docs=1) for d, ids in zip(docs, encoded)]
     for window, value in zip(windows, window_nll, strict=True):
         scores[window.doc].nll += value
@@ -253,11 +261,16 @@ def score_documents(model, tokenizer, docs: Sequence[Document], config: EvalConf
 
 
 def evaluate_model(
-    model, tokenizer, docs: Sequence[Document], name: str = "model", config: EvalConfig = EvalConfig()
+    model,
+    tokenizer,
+    docs: Sequence[Document],
+    name: str = "model",
+    config: EvalConfig = EvalConfig(),
+    progress: Progress | None = None,
 ) -> Evaluation:
     """Per-group scores of `model` on `docs`, groups in order of first appearance."""
     groups: dict[str, Score] = {}
-    for doc, score in zip(docs, score_documents(model, tokenizer, docs, config), strict=True):
+    for doc, score in zip(docs, score_documents(model, tokenizer, docs, config, progress), strict=True):
         groups.setdefault(doc.group, Score()).add(score)
     return Evaluation(name, groups)
 
