@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import bpe_tokenizer
 from transplant.errors import UserError
 from transplant.evaluate import (
     Document,
@@ -29,18 +29,11 @@ TEXTS = [
 ]
 
 
-def train_tokenizer(vocab_size: int, with_bos: bool = True) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<s>", "</s>", "<pad>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(TEXTS * 4, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>" if with_bos else None, eos_token="</s>", pad_token="<pad>"
-    )
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eval_text") / "train.txt"
+    path.write_text("\n".join(TEXTS * 4), encoding="utf-8")
+    return path
 
 
 def tiny_model(vocab_size: int, seed: int = 0, context: int = 256) -> LlamaForCausalLM:
@@ -59,13 +52,13 @@ def tiny_model(vocab_size: int, seed: int = 0, context: int = 256) -> LlamaForCa
 
 
 @pytest.fixture(scope="module")
-def small_tok():
-    return train_tokenizer(300)
+def small_tok(text_file: Path):
+    return bpe_tokenizer(text_file, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
-def large_tok():
-    return train_tokenizer(420)
+def large_tok(text_file: Path):
+    return bpe_tokenizer(text_file, vocab_size=420)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +114,10 @@ def test_two_tokenizations_count_the_same_bytes(model, small_tok, large_tok):
     assert ratio["overall"] == pytest.approx(2 ** (small.bits_per_byte - large.bits_per_byte))
 
 
-def test_eos_stands_in_for_missing_bos(model):
-    tok = train_tokenizer(300, with_bos=False)
+def test_eos_stands_in_for_missing_bos(model, text_file):
+    tok = bpe_tokenizer(text_file, vocab_size=300)
+    tok.bos_token = None
+    assert tok.bos_token_id is None
     text = TEXTS[3]
     (score,) = score_documents(model, tok, docs_of([text]))
     ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -285,16 +285,11 @@ def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
 
 
 def load_model(ref: str):
-    """(model, tokenizer) for a model reference, float32 on CPU in eval mode."""
+    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32, eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _resolve(ref)
+    from transplant.sources import resolve_model
+
+    path = resolve_model(ref)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def _resolve(ref: str) -> Path:
-    path = Path(ref)
-    if not (path / "config.json").is_file():
-        raise UserError(f"not a Hugging Face model directory: {ref}")
-    return path

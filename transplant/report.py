@@ -15,14 +15,18 @@ from rich.table import Table
 from transplant.evaluate import Evaluation, ppl_ratio
 
 
+TOKEN_PPL_NOTE = "* per-token PPL under the model's own tokenizer: not comparable across tokenizers"
+
+
 @dataclass(frozen=True)
 class Grid:
     title: str
     headers: list[str]
     rows: list[list[str]]
+    note: str = ""
 
     def to_rich(self) -> Table:
-        table = Table(title=self.title)
+        table = Table(title=self.title, caption=self.note or None)
         for i, header in enumerate(self.headers):
             table.add_column(header, justify="left" if i == 0 else "right")
         for row in self.rows:
@@ -33,33 +37,36 @@ class Grid:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |"]
         lines.append("|" + "|".join([":---"] + ["---:"] * (len(self.headers) - 1)) + "|")
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", self.note]
         return "\n".join(lines) + "\n"
 
 
 def scores_grid(evaluation: Evaluation, title: str | None = None) -> Grid:
     """Absolute figures of one model per group (bits/byte, byte PPL, own-token PPL, bytes/token)."""
-    headers = ["group", "docs", "bytes", "tokens", "bits/byte", "byte PPL", "token PPL (own tok.)", "bytes/token"]
+    headers = ["group", "docs", "bytes", "tokens", "bits/byte", "byte PPL", "token PPL*", "bytes/token"]
     named = [*evaluation.groups.items(), ("overall", evaluation.overall)]
     rows = [
         [g, str(s.docs), f"{s.bytes:,}", f"{s.tokens:,}", f"{s.bits_per_byte:.4f}", f"{s.byte_ppl:.4f}",
          f"{s.token_ppl:.2f}", f"{s.bytes_per_token:.3f}"]
         for g, s in named
     ]
-    return Grid(title or evaluation.model, headers, rows)
+    return Grid(title or evaluation.model, headers, rows, TOKEN_PPL_NOTE)
 
 
 def pair_grid(new: Evaluation, base: Evaluation) -> Grid:
     """One transplanted model against its base, per group: the `transplant evaluate` table."""
     ratios = ppl_ratio(new, base)
-    headers = ["group", "docs", "bits/byte base", "bits/byte new", "bytes/tok base", "bytes/tok new",
-               "tok PPL base (own)", "tok PPL new (own)", "PPL ratio"]
+    headers = ["group", "docs", "bpb base", "bpb new", "B/tok base", "B/tok new", "tokPPL base*", "tokPPL new*",
+               "ratio"]
     named = [(g, base.groups[g], new.groups[g]) for g in base.groups] + [("overall", base.overall, new.overall)]
     rows = [
         [g, str(b.docs), f"{b.bits_per_byte:.4f}", f"{n.bits_per_byte:.4f}", f"{b.bytes_per_token:.3f}",
          f"{n.bytes_per_token:.3f}", f"{b.token_ppl:.2f}", f"{n.token_ppl:.2f}", f"{ratios[g]:.4f}"]
         for g, b, n in named
     ]
-    return Grid(f"{new.model} vs {base.model}: byte-level perplexity ratio (1.0 = lossless)", headers, rows)
+    title = f"{new.model} vs {base.model}: byte-level perplexity ratio (1.0 = lossless)"
+    return Grid(title, headers, rows, TOKEN_PPL_NOTE)
 
 
 def ranking(base: Evaluation, results: dict[str, Evaluation]) -> list[tuple[str, dict[str, float]]]:
@@ -130,8 +137,6 @@ def write_report(out: Path, base: Evaluation, results: dict[str, Evaluation], me
         f"![ratio per group]({png_path.name})",
         scores_grid(base, f"base: {base.model}").to_markdown(),
         *(scores_grid(results[name], f"method: {name}").to_markdown() for name, _ in ranking(base, results)),
-        "Token PPL uses each model's own tokenizer and is not comparable across tokenizers; "
-        "bits/byte and the byte-level PPL ratio are.",
     ]
     md_path = out / "report.md"
     md_path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
