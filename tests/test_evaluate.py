@@ -2,15 +2,18 @@
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import typer
 from transformers import LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
 
-from conftest import bpe_tokenizer
+from conftest import bpe_tokenizer, tiny_llama
+from transplant.cli_eval import evaluate as evaluate_command
+from transplant.compare import CompareConfig, compare
 from transplant.errors import UserError
 from transplant.evaluate import (
     Document,
@@ -203,23 +206,118 @@ def test_bad_corpus_is_a_user_error(tmp_path: Path, content, name):
         load_corpus(path)
 
 
-SLOW_MODELS = {"smollm2-135m": os.environ.get("TRANSPLANT_SMOLLM2", "smollm2-135m"),
-               "gemma3-270m": os.environ.get("TRANSPLANT_GEMMA3", "gemma3-270m")}
+REAL_TEXT = [
+    Document("The Debian system needs the proper shutdown procedure before power can safely be turned off. "
+             "This is to maintain the integrity of files, by forcing all changes in memory to be written to disk.", "en"),
+    Document("Das Debian-System benötigt die richtige Prozedur zum Herunterfahren, bevor der Strom sicher "
+             "ausgeschaltet werden kann. Dadurch wird die Integrität der Dateien gewahrt.", "de"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SLOW_MODELS))
-def test_real_model_bits_per_byte(tmp_path: Path, name):
-    """Real models land near published figures on English prose (DATA.md: ≈1.25-1.3 bpb)."""
+def test_real_models_bits_per_byte():
+    """Both packaged models land near published figures (≈1.2-1.5 bpb on English prose), and
+    Gemma-3's large multilingual vocabulary packs more German bytes into a token than SmolLM2's."""
     from transplant.evaluate import load_model
 
-    model, tok = load_model(SLOW_MODELS[name])
-    text = (
-        "The Debian system needs the proper shutdown procedure before power can safely be turned off. "
-        "This is to maintain the integrity of files, by forcing all changes in memory to be written to disk. "
-        "If the software power control is available, the shutdown procedure automatically turns off power of "
-        "the system. You can shutdown the system under the normal multiuser mode from the command line."
-    )
-    ev = evaluate_model(model, tok, [Document(text, "en")], name)
-    assert 0.5 < ev.overall.bits_per_byte < 2.0
-    assert 3.0 < ev.overall.bytes_per_token < 6.0
+    results = {}
+    for name in ("smollm2-135m", "gemma3-270m"):
+        model, tok = load_model(name)
+        results[name] = evaluate_model(model, tok, REAL_TEXT, name)
+        del model
+    for ev in results.values():
+        assert 0.7 < ev.groups["en"].bits_per_byte < 2.0
+        assert 0.7 < ev.groups["de"].bits_per_byte < 3.0
+    assert results["gemma3-270m"].groups["de"].bytes_per_token > results["smollm2-135m"].groups["de"].bytes_per_token
+
+
+@pytest.fixture(scope="module")
+def tiny_base(text_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama(bpe_tokenizer(text_file, vocab_size=300), tmp_path_factory.mktemp("eval_base"), tied=True)
+
+
+@pytest.fixture(scope="module")
+def jsonl_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eval_corpus") / "dev.jsonl"
+    rows = [{"text": t, "lang": "en" if i % 2 else "de"} for i, t in enumerate(TEXTS)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_evaluate_command_against_itself(tiny_base: Path, jsonl_corpus: Path, tmp_path: Path):
+    app = typer.Typer()
+    app.command()(evaluate_command)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [str(tiny_base), "--base", str(tiny_base), "--corpus", str(jsonl_corpus),
+                                      "--batch-size", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["ratio"] == {"de": 1.0, "en": 1.0, "overall": 1.0}
+    assert record["base"]["overall"]["bytes"] == sum(len(t.encode()) for t in TEXTS)
+
+
+def test_compare_ranks_methods_and_writes_report(tiny_base: Path, sp_model: Path, jsonl_corpus: Path, tmp_path: Path):
+    config = CompareConfig(base=str(tiny_base), tokenizer=str(sp_model), methods=("zero", "subword"),
+                           corpus=jsonl_corpus, out=tmp_path / "cmp", eval=EvalConfig(batch_size=4))
+    logs: list[str] = []
+    first = compare(config, log=logs.append)
+    assert {p.name for p in first.report} == {"report.md", "report.json", "ratio.png"}
+    record = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    ranked = [r["ratio"]["overall"] for r in record["ranking"]]
+    assert ranked == sorted(ranked) and len(ranked) == 2
+    for name in ("zero", "subword"):
+        assert (tmp_path / "cmp" / name / "transplant.json").is_file()
+        assert record["methods"][name]["overall"]["bytes"] == record["base"]["overall"]["bytes"]
+        assert set(record["ranking"][0]["ratio"]) == {"de", "en", "overall"}
+        assert "counts" in record["transplants"][name]
+    assert "| 1 | " in (tmp_path / "cmp" / "report.md").read_text()
+    again = compare(config, log=logs.append)  # finished transplants are reused, scores are deterministic
+    assert any("reusing" in line for line in logs)
+    assert {k: v.to_dict() for k, v in again.results.items()} == {k: v.to_dict() for k, v in first.results.items()}
+
+
+def test_compare_rejects_unknown_method_before_work(tiny_base: Path, sp_model: Path, jsonl_corpus: Path, tmp_path: Path):
+    config = CompareConfig(base=str(tiny_base), tokenizer=str(sp_model), methods=("subword", "nope"),
+                           corpus=jsonl_corpus, out=tmp_path / "cmp")
+    with pytest.raises(UserError, match="nope"):
+        compare(config)
+    assert not (tmp_path / "cmp").exists()
+
+
+def _corpus_builder():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "recipes" / "corpora" / "build_eval_corpus.py"
+    spec = importlib.util.spec_from_file_location("build_eval_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_corpus_builder_keeps_prose_only():
+    build = _corpus_builder()
+    prose_lines = ["    Just like any other modern OS where the file operation involves",
+                   "    caching data in memory, the Debian system needs the proper shutdown."]
+    assert build.prose(prose_lines, cjk=False) == (
+        "Just like any other modern OS where the file operation involves caching data in memory, "
+        "the Debian system needs the proper shutdown.")
+    assert build.prose(["    ラップトップ PC 上のデスクトップの Debian システム等のような典型",
+                        "    的単一ユーザーワークステーションでは設定をします。"], cjk=True) == (
+        "ラップトップ PC 上のデスクトップの Debian システム等のような典型的単一ユーザーワークステーションでは設定をします。")
+    table = ["    +----------+", "    | package  | a long enough cell to pass the length filter, really. |"]
+    heading = ["1.1.8. How to shutdown the system and many more words to make this long enough."]
+    toc = ["    1.2.3. Filesystem permissions"]
+    command = ["    # shutdown -h now and a long comment to pass the minimum length filter of prose."]
+    for block in (table, heading, toc, command, ["    Table 1.1. List of interesting text-mode program packages"]):
+        assert build.prose(block, cjk=False) is None
+
+
+def test_corpus_builder_split_is_disjoint_and_stable():
+    build = _corpus_builder()
+    texts = [f"paragraph number {i} with some words." for i in range(400)] * 2
+    first = build.split(texts, test_fraction=0.5, cap=1000)
+    assert not set(first["dev"]) & set(first["test"])
+    assert len(first["dev"]) + len(first["test"]) == 400 and 150 < len(first["test"]) < 250
+    assert build.split(list(reversed(texts)), 0.5, 1000) == first
+    capped = build.split(texts, 0.5, 50)
+    assert capped["dev"] == first["dev"][:50] and capped["test"] == first["test"][:50]
