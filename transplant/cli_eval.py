@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,8 @@ from transplant.errors import UserError
 from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, load_model, ppl_ratio
 from transplant.report import pair_grid, ranking_grid
 
-out_console = Console()
+# Tables are wide (one column per language); when piped, do not squeeze them into 80 columns.
+out_console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 
 CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."

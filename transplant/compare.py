@@ -54,7 +54,7 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
         registry.get(name)  # unknown names fail before any work starts
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")
-    base = _evaluate(cfg.base, "base", docs, cfg.eval, progress)
+    base = _evaluate(cfg.base, cfg.base, docs, cfg.eval, progress)
     results: dict[str, Evaluation] = {}
     transplants: dict[str, dict] = {}
     for name in cfg.methods:

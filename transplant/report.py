@@ -78,7 +78,7 @@ def ranking(base: Evaluation, results: dict[str, Evaluation]) -> list[tuple[str,
 def ranking_grid(base: Evaluation, results: dict[str, Evaluation]) -> Grid:
     """Methods ranked by overall perplexity ratio, with per-group ratios and bytes/token."""
     groups = list(base.groups)
-    headers = ["rank", "method", "overall", *groups, "bits/byte", "bytes/token"]
+    headers = ["rank", "method", "overall", *groups, "bpb", "B/tok"]
     rows = [
         [str(rank), name, f"{r['overall']:.4f}", *(f"{r[g]:.4f}" for g in groups),
          f"{results[name].overall.bits_per_byte:.4f}", f"{results[name].overall.bytes_per_token:.3f}"]
@@ -86,7 +86,8 @@ def ranking_grid(base: Evaluation, results: dict[str, Evaluation]) -> Grid:
     ]
     rows.append(["", "base", "1.0000", *("1.0000" for _ in groups), f"{base.overall.bits_per_byte:.4f}",
                  f"{base.overall.bytes_per_token:.3f}"])
-    return Grid(f"Byte-level perplexity ratio to {base.model} (lower is better, 1.0 = lossless)", headers, rows)
+    title = f"Byte-level perplexity ratio to {base.model} (lower is better, 1.0 = lossless)"
+    return Grid(title, headers, rows, "bpb: bits per byte overall; B/tok: UTF-8 bytes per token of the new tokenizer")
 
 
 def plot_ratios(path: Path, base: Evaluation, results: dict[str, Evaluation]) -> Path:
