@@ -258,7 +258,7 @@ def test_evaluate_command_against_itself(tiny_base: Path, jsonl_corpus: Path, tm
 
 def test_compare_ranks_methods_and_writes_report(tiny_base: Path, sp_model: Path, jsonl_corpus: Path, tmp_path: Path):
     config = CompareConfig(base=str(tiny_base), tokenizer=str(sp_model), methods=("zero", "subword"),
-                           corpus=jsonl_corpus, out=tmp_path / "cmp", eval=EvalConfig(batch_size=4))
+                           corpus=jsonl_corpus, out=tmp_path / "cmp", scoring=EvalConfig(batch_size=4))
     logs: list[str] = []
     first = compare(config, log=logs.append)
     assert {p.name for p in first.report} == {"report.md", "report.json", "ratio.png"}

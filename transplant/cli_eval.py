@@ -100,7 +100,7 @@ def compare(
         raise UserError(f"--methods lists a method twice: {methods}")
     config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=corpus, out=out, donor=donor,
                            max_docs=max_docs, seed=seed, force=force,
-                           eval=EvalConfig(batch_size=batch_size, max_length=max_length))
+                           scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
     with progress_bars() as progress:
         result = run_compare(config, log=lambda line: err_console.print(line, highlight=False), progress=progress)
     out_console.print(ranking_grid(result.base, result.results).to_rich())

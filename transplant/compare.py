@@ -32,7 +32,7 @@ class CompareConfig:
     max_docs: int | None = None
     seed: int = 0
     force: bool = False
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    scoring: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass
@@ -54,14 +54,14 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
         registry.get(name)  # unknown names fail before any work starts
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")
-    base = _evaluate(cfg.base, cfg.base, docs, cfg.eval, progress)
+    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress)
     results: dict[str, Evaluation] = {}
     transplants: dict[str, dict] = {}
     for name in cfg.methods:
         out = _transplant(cfg, name, log)
         transplants[name] = {k: v for k, v in json.loads((out / "transplant.json").read_text()).items()
                              if k in ("counts", "timings")}
-        results[name] = _evaluate(str(out), name, docs, cfg.eval, progress)
+        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress)
         log(f"{name}: bits/byte {results[name].overall.bits_per_byte:.4f}")
     meta = {
         "base": cfg.base,
@@ -70,7 +70,7 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
         "corpus": str(cfg.corpus),
         "documents": len(docs),
         "seed": cfg.seed,
-        "eval": asdict(cfg.eval),
+        "scoring": asdict(cfg.scoring),
         "transplants": transplants,
     }
     report = write_report(cfg.out, base, results, meta)
