@@ -1,0 +1,99 @@
+"""Run several initialization methods on one base/tokenizer pair and rank them.
+
+Each method's checkpoint goes to `OUT/<method>/`; every checkpoint and the base are scored on
+the same documents (the base once), and the ranking by byte-level perplexity ratio is written
+to `OUT/report.md`, `OUT/report.json` and `OUT/ratio.png`. A method directory that already
+holds a finished transplant (`transplant.json`) is reused unless `force` is set, so an
+interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transplant.errors import UserError
+from transplant.evaluate import Document, EvalConfig, Evaluation, Progress, evaluate_model, load_corpus, load_model
+from transplant.methods import registry
+from transplant.report import write_report
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    base: str
+    tokenizer: str
+    methods: tuple[str, ...]
+    corpus: Path
+    out: Path
+    donor: str | None = None
+    max_docs: int | None = None
+    seed: int = 0
+    force: bool = False
+    scoring: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class Comparison:
+    base: Evaluation
+    results: dict[str, Evaluation]
+    transplants: dict[str, dict]  # per method: counts and timings from transplant.json
+    report: list[Path]
+
+
+Log = Callable[[str], None]
+ProgressFactory = Callable[[str], Progress]  # label -> progress callback for one evaluation
+
+
+def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | None = None) -> Comparison:
+    if not cfg.methods:
+        raise UserError("--methods needs at least one method")
+    for name in cfg.methods:
+        registry.get(name)  # unknown names fail before any work starts
+    docs = load_corpus(cfg.corpus, cfg.max_docs)
+    log(f"{len(docs)} documents from {cfg.corpus}")
+    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress)
+    results: dict[str, Evaluation] = {}
+    transplants: dict[str, dict] = {}
+    for name in cfg.methods:
+        out = _transplant(cfg, name, log)
+        transplants[name] = {k: v for k, v in json.loads((out / "transplant.json").read_text()).items()
+                             if k in ("counts", "timings")}
+        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress)
+        log(f"{name}: bits/byte {results[name].overall.bits_per_byte:.4f}")
+    meta = {
+        "base": cfg.base,
+        "tokenizer": cfg.tokenizer,
+        "donor": cfg.donor,
+        "corpus": str(cfg.corpus),
+        "documents": len(docs),
+        "seed": cfg.seed,
+        "scoring": asdict(cfg.scoring),
+        "transplants": transplants,
+    }
+    report = write_report(cfg.out, base, results, meta)
+    return Comparison(base, results, transplants, report)
+
+
+def _transplant(cfg: CompareConfig, method: str, log: Log) -> Path:
+    from transplant.pipeline import TransplantConfig, transplant
+
+    out = cfg.out / method
+    if (out / "transplant.json").is_file() and not cfg.force:
+        log(f"{method}: reusing {out}")
+        return out
+    log(f"{method}: transplanting into {out}")
+    config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method,
+                              donor=cfg.donor, seed=cfg.seed, force=cfg.force)
+    return transplant(config).out
+
+
+def _evaluate(ref: str, name: str, docs: list[Document], config: EvalConfig,
+              progress: ProgressFactory | None) -> Evaluation:
+    model, tokenizer = load_model(ref)
+    evaluation = evaluate_model(model, tokenizer, docs, name, config, progress(name) if progress else None)
+    del model
+    gc.collect()  # one model in memory at a time
+    return evaluation

@@ -1,0 +1,295 @@
+"""Score a causal LM on a text corpus in bits per byte.
+
+Models with different tokenizers cannot be compared per token: a tokenizer with longer
+tokens has fewer, harder predictions. Per byte of UTF-8 text the figure is independent of
+the tokenizer, so `byte_ppl(transplanted) / byte_ppl(base)` on the same documents says how
+much a transplant lost (1.0 is lossless).
+
+Each document is scored as ``[BOS] + tokens(text)`` (EOS stands in for a model without
+BOS); every text token is predicted exactly once and BOS never is. A document longer than
+the context is cut into windows that overlap: each window re-reads the tail of the previous
+one as context but only scores its new tokens. All windows of all documents are sorted by
+length and run in padded batches whose logits stay within a memory budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from transplant.errors import UserError
+
+DEFAULT_GROUP = "all"
+LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
+
+Progress = Callable[[int, int], None]  # (windows just scored, total windows)
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    group: str = DEFAULT_GROUP
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to batch and window; none of it changes the numbers beyond float noise."""
+
+    batch_size: int = 8
+    max_length: int = 1024  # window length in tokens, capped by the model's context
+    overlap: int | None = None  # context tokens re-read by each next window; None = max_length // 2
+
+
+@dataclass
+class Score:
+    """Sums over documents; the figures are derived so that groups add up exactly."""
+
+    nll: float = 0.0  # nats, summed over text tokens
+    tokens: int = 0  # text tokens (BOS excluded)
+    bytes: int = 0  # UTF-8 bytes of the text
+    docs: int = 0
+
+    def add(self, other: Score) -> None:
+        self.nll += other.nll
+        self.tokens += other.tokens
+        self.bytes += other.bytes
+        self.docs += other.docs
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (math.log(2) * self.bytes)
+
+    @property
+    def byte_ppl(self) -> float:
+        return 2.0**self.bits_per_byte
+
+    @property
+    def token_ppl(self) -> float:
+        """Per-token perplexity under the model's own tokenizer (not comparable across tokenizers)."""
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes / self.tokens
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "bits_per_byte": self.bits_per_byte,
+            "byte_ppl": self.byte_ppl,
+            "token_ppl_own_tokenizer": self.token_ppl,
+            "bytes_per_token": self.bytes_per_token,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "docs": self.docs,
+            "nll_nats": self.nll,
+        }
+
+
+@dataclass
+class Evaluation:
+    """Per-group and overall scores of one model on one list of documents."""
+
+    model: str
+    groups: dict[str, Score]
+
+    @property
+    def overall(self) -> Score:
+        total = Score()
+        for score in self.groups.values():
+            total.add(score)
+        return total
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "overall": self.overall.to_dict(),
+            "groups": {name: score.to_dict() for name, score in self.groups.items()},
+        }
+
+
+def load_corpus(path: Path, max_docs: int | None = None) -> list[Document]:
+    """Read `.txt` (blank-line-separated paragraphs) or `.jsonl` (`text`, optional `lang`/`domain`).
+
+    `max_docs` keeps the first N documents of each group, so every language stays represented.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"corpus not found: {path}")
+    if path.suffix == ".jsonl":
+        docs = list(_read_jsonl(path))
+    elif path.suffix == ".txt":
+        paragraphs = path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n\n")
+        docs = [Document(p.strip()) for p in paragraphs if p.strip()]
+    else:
+        raise UserError(f"corpus must be .txt or .jsonl, got {path.name}")
+    if max_docs is not None:
+        if max_docs < 1:
+            raise UserError(f"--max-docs must be at least 1, got {max_docs}")
+        seen: dict[str, int] = {}
+        kept = []
+        for doc in docs:
+            seen[doc.group] = seen.get(doc.group, 0) + 1
+            if seen[doc.group] <= max_docs:
+                kept.append(doc)
+        docs = kept
+    if not docs:
+        raise UserError(f"corpus has no documents: {path}")
+    return docs
+
+
+def _read_jsonl(path: Path) -> Iterable[Document]:
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                text = record["text"].strip()
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+                raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' string ({e})") from e
+            labels = [str(record[k]) for k in ("lang", "domain") if record.get(k)]
+            if text:
+                yield Document(text, "/".join(labels) or DEFAULT_GROUP)
+
+
+def prefix_token_id(tokenizer) -> int:
+    """The token every document is conditioned on: BOS, or EOS for models trained without BOS."""
+    token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token_id is None:
+        raise UserError("tokenizer has neither a BOS nor an EOS token to start documents with")
+    return token_id
+
+
+@dataclass(frozen=True)
+class Window:
+    doc: int  # index of the document
+    ids: list[int]  # tokens fed to the model
+    scored: int  # the last `scored` next-token targets of `ids` are counted
+
+
+def make_windows(doc: int, ids: Sequence[int], max_length: int, overlap: int) -> list[Window]:
+    """Cover targets ids[1:] exactly once with windows of at most `max_length` tokens.
+
+    The first window scores all its targets; each later one starts `overlap` tokens before
+    the end of the previous window and scores only the targets after that end.
+    """
+    if max_length < 2 or not 0 <= overlap < max_length:
+        raise UserError(f"need max_length >= 2 and 0 <= overlap < max_length, got {max_length} and {overlap}")
+    windows = [Window(doc, list(ids[:max_length]), min(len(ids), max_length) - 1)]
+    end = min(len(ids), max_length)  # ids[:end] have been fed; targets up to end - 1 are scored
+    while end < len(ids):
+        start = end - overlap
+        stop = min(start + max_length, len(ids))
+        windows.append(Window(doc, list(ids[start:stop]), stop - end))
+        end = stop
+    return windows
+
+
+@torch.inference_mode()
+def score_windows(
+    model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
+) -> list[float]:
+    """Summed NLL (nats) of the scored targets of each window, in the order given."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    token_budget = max(LOGITS_BUDGET_BYTES // (4 * vocab), 1)
+    order = sorted(range(len(windows)), key=lambda i: (len(windows[i].ids), i))
+    nll = [0.0] * len(windows)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        # ascending lengths: the window added last sets the padded width of the batch
+        while (
+            stop < len(order)
+            and stop - start < config.batch_size
+            and (stop - start + 1) * len(windows[order[stop]].ids) <= token_budget
+        ):
+            stop += 1
+        batch = [windows[i] for i in order[start:stop]]
+        for i, value in zip(order[start:stop], _score_batch(model, batch, pad_id), strict=True):
+            nll[i] = value
+        if progress is not None:
+            progress(stop - start, len(windows))
+        start = stop
+    return nll
+
+
+def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[float]:
+    """One right-padded forward pass; causal attention keeps the padding out of real positions."""
+    device = model.device
+    width = max(len(w.ids) for w in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    target_mask = torch.zeros((len(batch), width - 1), dtype=torch.bool)
+    for row, window in enumerate(batch):
+        n = len(window.ids)
+        input_ids[row, :n] = torch.tensor(window.ids)
+        attention_mask[row, :n] = 1
+        target_mask[row, n - 1 - window.scored : n - 1] = True
+    input_ids, attention_mask, target_mask = input_ids.to(device), attention_mask.to(device), target_mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    targets = input_ids[:, 1:][target_mask]
+    token_nll = F.cross_entropy(logits[target_mask].float(), targets, reduction="none").double()
+    rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(target_mask)[target_mask]
+    per_row = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_nll)
+    return per_row.tolist()
+
+
+def score_documents(
+    model, tokenizer, docs: Sequence[Document], config: EvalConfig = EvalConfig(), progress: Progress | None = None
+) -> list[Score]:
+    """One `Score` per document (NLL of its text tokens, token and byte counts)."""
+    if config.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
+    context = getattr(model.config, "max_position_embeddings", None) or config.max_length
+    max_length = min(config.max_length, context)
+    overlap = max_length // 2 if config.overlap is None else config.overlap
+    prefix = prefix_token_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    windows = [w for i, ids in enumerate(encoded) for w in make_windows(i, [prefix, *ids], max_length, overlap)]
+    window_nll = score_windows(model, windows, pad_id, config, progress)
+    scores = [Score(tokens=len(ids), bytes=len(d.text.encode("utf-8")), docs=1) for d, ids in zip(docs, encoded)]
+    for window, value in zip(windows, window_nll, strict=True):
+        scores[window.doc].nll += value
+    return scores
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    docs: Sequence[Document],
+    name: str = "model",
+    config: EvalConfig = EvalConfig(),
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Per-group scores of `model` on `docs`, groups in order of first appearance."""
+    groups: dict[str, Score] = {}
+    for doc, score in zip(docs, score_documents(model, tokenizer, docs, config, progress), strict=True):
+        groups.setdefault(doc.group, Score()).add(score)
+    return Evaluation(name, groups)
+
+
+def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
+    """Byte-level perplexity ratio new/base per group plus "overall"; 1.0 is lossless."""
+    if {g: s.bytes for g, s in new.groups.items()} != {g: s.bytes for g, s in base.groups.items()}:
+        raise ValueError("evaluations were not computed on the same documents")
+    ratios = {g: new.groups[g].byte_ppl / base.groups[g].byte_ppl for g in base.groups}
+    ratios["overall"] = new.overall.byte_ppl / base.overall.byte_ppl
+    return ratios
+
+
+def load_model(ref: str):
+    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transplant.sources import resolve_model
+
+    path = resolve_model(ref)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path)
