@@ -108,6 +108,17 @@ def _bad_chat(value: str) -> str:
     raise UserError(f"--chat-template must be 'base' or 'new', not {value!r}")
 
 
+def _register_evaluation() -> None:
+    """`evaluate` and `compare` live in transplant/cli_eval.py; registered here like the rest."""
+    from transplant import cli_eval
+
+    app.command(help=cli_eval.evaluate.__doc__)(user_errors(cli_eval.evaluate))
+    app.command(help=cli_eval.compare.__doc__)(user_errors(cli_eval.compare))
+
+
+_register_evaluation()
+
+
 @app.command()
 def methods() -> None:
     """List the initialization methods and their options."""
