@@ -24,18 +24,19 @@ class Grid:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    labels: int = 1  # leading text columns, left-aligned; the rest are numbers
 
     def to_rich(self) -> Table:
         table = Table(title=self.title, caption=self.note or None)
         for i, header in enumerate(self.headers):
-            table.add_column(header, justify="left" if i == 0 else "right")
+            table.add_column(header, justify="left" if i < self.labels else "right")
         for row in self.rows:
             table.add_row(*row)
         return table
 
     def to_markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |"]
-        lines.append("|" + "|".join([":---"] + ["---:"] * (len(self.headers) - 1)) + "|")
+        lines.append("|" + "|".join([":---"] * self.labels + ["---:"] * (len(self.headers) - self.labels)) + "|")
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         if self.note:
             lines += ["", self.note]
@@ -87,7 +88,8 @@ def ranking_grid(base: Evaluation, results: dict[str, Evaluation]) -> Grid:
     rows.append(["", "base", "1.0000", *("1.0000" for _ in groups), f"{base.overall.bits_per_byte:.4f}",
                  f"{base.overall.bytes_per_token:.3f}"])
     title = f"Byte-level perplexity ratio to {base.model} (lower is better, 1.0 = lossless)"
-    return Grid(title, headers, rows, "bpb: bits per byte overall; B/tok: UTF-8 bytes per token of the new tokenizer")
+    note = "bpb: bits per byte overall; B/tok: UTF-8 bytes per token of the new tokenizer"
+    return Grid(title, headers, rows, note, labels=2)
 
 
 def plot_ratios(path: Path, base: Evaluation, results: dict[str, Evaluation]) -> Path:
