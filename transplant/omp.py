@@ -17,6 +17,11 @@ Where the time goes, and what is done about it:
   with token embeddings: N (~46k anchors) is far larger than D (~600), so G takes ~8 GB and
   each update is a memory-bound matrix-vector product per target, slower than the one GEMM
   ``residual @ A.T`` it replaces. So exact mode does that GEMM every step.
+* Safe screening (keep a pool of the top M atoms at step t0 and their threshold tau; a later
+  pool pick is provably exact when it beats tau + max_norm * ||r_s - r_t0||) never certifies
+  a pick: one OMP step moves the residual by at least |<a, r>| / ||a||, so the bound already
+  exceeds the best score one step later. Measured on gemma3 donor rows (46,253 anchors of
+  norm ~1.03, M = 4096, 200 targets): 0% of steps 1-15 certified, best/bound ~0.37-0.66.
 * ``refresh=R > 1`` (approximate) does the full GEMM only every R steps and keeps each
   target's ``pool`` best-correlated atoms from it; the steps in between score only the pool
   against the exact current residual. The atoms OMP picks next are almost always among the
