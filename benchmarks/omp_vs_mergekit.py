@@ -3,16 +3,17 @@
 Two parts, both on the same HF-format checkpoints:
 
 ``commands``: runs ``mergekit-tokensurgeon BASE DONOR OUT -k K -a omp`` and then
-``transplant model BASE --tokenizer DONOR --donor DONOR --method omp --k K`` one after the
-other, each as a child process whose RSS (with its children) is sampled every 0.2 s; then
-``transplant evaluate`` on both outputs when that command exists.
+``transplant model BASE --tokenizer DONOR --donor DONOR --method omp --k K --fallback F`` for
+each F, one after the other, each as a child process whose RSS (with its children) is sampled
+every 0.2 s; then ``transplant evaluate`` (per-group perplexity ratios) on every output.
 
 ``math``: the OMP math alone on the real matrices of the pair (anchors and missing tokens from
 ``match_vocabularies``): our ``batch_omp`` on every missing token, and mergekit's
 ``batch_omp`` on its first ``--mergekit-batches`` batches of 512, extrapolated linearly to
 all tokens (labelled as such: mergekit's cost per batch is the same for every batch).
 
-    python benchmarks/omp_vs_mergekit.py commands --base /tmp/omp_models/gemma3 --donor /tmp/omp_models/smollm2
+    python benchmarks/omp_vs_mergekit.py commands --base /tmp/omp_models/gemma3 --donor /tmp/omp_models/smollm2 \\
+        --corpus /tmp/eval_corpus/dev.jsonl --max-docs 10
     python benchmarks/omp_vs_mergekit.py math --base /tmp/omp_models/smollm2 --donor /tmp/omp_models/gemma3 --mergekit-batches 2
 """
 
@@ -34,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_measured(cmd: list[str]) -> tuple[float, float, int]:
     """Wall seconds, peak RSS (GiB, process tree) and exit code of ``cmd``."""
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: progress bars would fill a pipe
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -45,40 +47,43 @@ def run_measured(cmd: list[str]) -> tuple[float, float, int]:
             pass
         time.sleep(0.2)
     if proc.returncode:
-        print(f"  {cmd[0]} failed: {proc.stderr.read().strip().splitlines()[-1:]}", file=sys.stderr)
+        log.seek(0)
+        print(f"  {cmd[0]} failed: {log.read().strip().splitlines()[-3:]}", file=sys.stderr)
     return time.perf_counter() - start, peak / 2**30, proc.returncode
 
 
-def transplant_cli() -> list[str] | None:
-    """How to call the ``transplant`` CLI from this checkout, or None before it exists."""
-    return [sys.executable, str(ROOT / "cli.py")] if (ROOT / "cli.py").exists() else None
+CLI = [sys.executable, str(ROOT / "cli.py")]
 
 
 def commands(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="omp_bench_"))
-    outs = {"mergekit": work / "mergekit", "transplant": work / "transplant"}
-    runs = {"mergekit": ["mergekit-tokensurgeon", args.base, args.donor, str(outs["mergekit"]), "-k", str(args.k), "-a", "omp"]}
-    cli = transplant_cli()
-    if cli:
-        runs["transplant"] = [*cli, "model", args.base, "--tokenizer", args.donor, "--donor", args.donor,
-                              "--method", "omp", "--k", str(args.k), "-o", str(outs["transplant"]), *args.extra]
-    print(f"{'tool':12s} {'wall s':>8s} {'peak RSS GiB':>13s} {'ppl ratio':>10s}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="omp_bench_"))
+    runs = {"mergekit": ["mergekit-tokensurgeon", args.base, args.donor, str(work / "mergekit"), "-k", str(args.k), "-a", "omp"]}
+    for fallback in args.fallback:
+        runs[f"transplant/{fallback}"] = [
+            *CLI, "model", args.base, "--tokenizer", args.donor, "--donor", args.donor, "--method", "omp",
+            "--k", str(args.k), "--fallback", fallback, "-o", str(work / f"transplant_{fallback}"), "--force", *args.extra]
+    rows = []
     for name, cmd in runs.items():
+        out = Path(cmd[cmd.index("-o") + 1] if "-o" in cmd else cmd[3])
         wall, rss, code = run_measured(cmd)
-        ratio = evaluate(cli, outs[name], args) if cli and code == 0 and args.corpus else None
-        print(f"{name:12s} {wall:8.1f} {rss:13.2f} {ratio if ratio is not None else '-':>10}")
-    if not cli:
-        print("transplant CLI not in this checkout yet: only mergekit was run")
+        ratios = evaluate(out, args) if code == 0 and args.corpus else {}
+        rows.append((name, wall, rss, ratios))
+        print(f"{name}: {wall:.1f} s, peak RSS {rss:.2f} GiB, ratios {ratios}", flush=True)
+    groups = sorted({g for *_, r in rows for g in r if g != "overall"}) + ["overall"]
+    print(f"\n{'tool':22s} {'wall s':>7s} {'RSS GiB':>8s} " + " ".join(f"{g:>7s}" for g in groups))
+    for name, wall, rss, ratios in rows:
+        print(f"{name:22s} {wall:7.1f} {rss:8.2f} " + " ".join(f"{ratios.get(g, float('nan')):7.3f}" for g in groups))
 
 
-def evaluate(cli: list[str], model: Path, args: argparse.Namespace) -> str | None:
+def evaluate(model: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Per-group and overall byte-level perplexity ratios from ``transplant evaluate``."""
     report = model.with_suffix(".eval.json")
-    cmd = [*cli, "evaluate", str(model), "--base", args.base, "--corpus", args.corpus, "--json", str(report)]
+    cmd = [*CLI, "evaluate", str(model), "--base", args.base, "--corpus", args.corpus, "--json", str(report)]
+    if args.max_docs:
+        cmd += ["--max-docs", str(args.max_docs)]
     if subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode or not report.exists():
-        return None
-    data = json.loads(report.read_text())
-    ratio = data.get("overall", data).get("ppl_ratio")
-    return f"{ratio:.3f}" if isinstance(ratio, float) else None
+        return {}
+    return json.loads(report.read_text())["ratio"]
 
 
 def math(args: argparse.Namespace) -> None:
@@ -121,7 +126,10 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="HF model dir of the base")
     parser.add_argument("--donor", required=True, help="HF model dir of the donor (its tokenizer is the new one)")
     parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--corpus", help="evaluation corpus for `transplant evaluate`")
+    parser.add_argument("--corpus", help="commands: evaluation corpus for `transplant evaluate`")
+    parser.add_argument("--max-docs", type=int, default=0, help="commands: documents per group to evaluate")
+    parser.add_argument("--fallback", nargs="+", default=["subword", "none"], help="commands: our --fallback runs")
+    parser.add_argument("--work", help="commands: output folder (default: a new temp dir)")
     parser.add_argument("--mergekit-batches", type=int, default=2, help="math: mergekit batches to time")
     parser.add_argument("--refresh", type=int, nargs="+", default=[1, 8], help="math: our refresh settings")
     parser.add_argument("--pool", type=int, default=256)

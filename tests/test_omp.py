@@ -77,6 +77,28 @@ def test_exact_recovery_of_sparse_combinations() -> None:
     assert torch.equal(result.indices.sort(dim=1).values, support.sort(dim=1).values)
 
 
+@pytest.mark.parametrize("refresh", [1, 4])
+def test_k_beyond_dimension_and_dependent_atoms_stay_finite(refresh: int) -> None:
+    """k > dim: after dim atoms the residual is ~0 and any further atom is dependent. Those
+    picks must get coefficient 0 (not NaN, not a blown-up fit), as must duplicate atoms."""
+    atoms = dictionary(280, 40, seed=3)
+    atoms[0] *= 10  # the longest atom, so a multiple of it is picked first
+    atoms[1::7] = atoms[::7][: len(atoms[1::7])]  # exact duplicates, atoms[1] of atoms[0] too
+    targets = torch.randn(50, 40, generator=torch.Generator().manual_seed(8))
+    targets[0] = 0.0
+    targets[1] = 3 * atoms[0]
+    result = batch_omp(targets, atoms, 64, refresh=refresh, pool=128)
+    assert torch.isfinite(result.coeffs).all() and torch.isfinite(result.rel_residual).all()
+    assert ((result.coeffs != 0).sum(dim=1) <= 40).all()
+    assert (result.coeffs[0] == 0).all()
+    assert result.indices[1, 0] in (0, 1) and result.coeffs[1, 0] == pytest.approx(3.0)
+    assert (result.coeffs[1, 1:] == 0).all()
+    fit = torch.einsum("bk,bkd->bd", result.coeffs, atoms[result.indices])
+    torch.testing.assert_close(fit, targets, rtol=0, atol=1e-3)
+    assert (result.rel_residual[1:] < 1e-4).all()
+    assert result.coeffs.abs().max() < 100
+
+
 def test_refresh_one_is_exact_and_pools_stay_close() -> None:
     atoms = dictionary(800, 64, seed=5)
     targets = torch.randn(40, 64, generator=torch.Generator().manual_seed(6))
