@@ -1,0 +1,205 @@
+"""Read embedding matrices from a checkpoint and write the patched checkpoint.
+
+Only the embedding and lm_head tensors are ever held in memory whole; every other tensor is
+streamed shard by shard, so a transplant needs about (base embeddings + new embeddings +
+one shard) of RAM whatever the model size. Which tensors are the embeddings is asked of the
+model class itself (built on the meta device, no weights) rather than guessed from names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
+
+from transplant.errors import UserError
+
+
+@dataclass
+class Embeddings:
+    """The base model's embedding tensors, by checkpoint name."""
+
+    input_name: str
+    output_name: str | None
+    input: torch.Tensor
+    output: torch.Tensor | None
+
+    @property
+    def tied(self) -> bool:
+        return self.output is None
+
+
+def weight_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> file holding it, for single-file and sharded checkpoints alike."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: directory / file for name, file in weight_map.items()}
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / single).exists():
+            return {name: directory / single for name in _tensor_names(directory / single)}
+    raise UserError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _tensor_names(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, "pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}: corrupt safetensors file ({e})") from e
+    return list(_load_pickle(path))
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch.load raises many types on a bad file
+        raise UserError(f"{path}: unreadable pickle checkpoint ({type(e).__name__})") from e
+
+
+def _read_tensor(path: Path, name: str) -> torch.Tensor:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, "pt") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}: corrupt safetensors file ({e})") from e
+    return _load_pickle(path)[name].clone()
+
+
+def embedding_names(directory: Path) -> tuple[str, str | None]:
+    """(input name, output name or None when tied) from the model class itself."""
+    config = AutoConfig.from_pretrained(directory)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    input_weight = model.get_input_embeddings().weight
+    output_module = model.get_output_embeddings()
+    input_name = names[id(input_weight)]
+    tied = output_module is None or output_module.weight is input_weight
+    return input_name, None if tied else names[id(output_module.weight)]
+
+
+def read_embeddings(directory: Path) -> Embeddings:
+    """Load just the embedding (and untied lm_head) tensors of a checkpoint."""
+    files = weight_files(directory)
+    input_name, output_name = embedding_names(directory)
+    if input_name not in files:
+        raise UserError(f"{directory}: checkpoint has no tensor {input_name!r}")
+    if output_name is not None and output_name not in files:
+        raise UserError(f"{directory}: checkpoint has no tensor {output_name!r}")
+    return Embeddings(
+        input_name=input_name,
+        output_name=output_name,
+        input=_read_tensor(files[input_name], input_name),
+        output=None if output_name is None else _read_tensor(files[output_name], output_name),
+    )
+
+
+def _shards(directory: Path) -> dict[Path, list[str]]:
+    shards: dict[Path, list[str]] = {}
+    for name, path in weight_files(directory).items():
+        shards.setdefault(path, []).append(name)
+    return shards
+
+
+def _stream_shard(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    if path.suffix == ".safetensors":
+        with safe_open(path, "pt") as f:
+            for name in names:
+                yield name, f.get_tensor(name)
+    else:
+        state = _load_pickle(path)
+        for name in names:
+            yield name, state[name]
+
+
+def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor]) -> None:
+    """Copy every tensor of the base, swapping in ``replace``; one shard in memory at a time."""
+    shards = _shards(base_dir)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for number, (path, names) in enumerate(shards.items(), start=1):
+        shard_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+        tensors = {name: replace.get(name, tensor).contiguous() for name, tensor in _stream_shard(path, names)}
+        save_file(tensors, out_dir / shard_name, metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update({name: shard_name for name in tensors})
+        del tensors
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    return {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id") for role in ("bos", "eos", "pad")}
+
+
+def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase) -> None:
+    """config.json and generation_config.json with the new vocabulary size and special ids."""
+    config = AutoConfig.from_pretrained(base_dir)
+    ids = special_ids(tokenizer)
+    for target in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+        target.vocab_size = vocab_size
+        for key, value in ids.items():
+            setattr(target, key, value)
+    config.save_pretrained(out_dir)
+    try:
+        generation = GenerationConfig.from_pretrained(base_dir)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    for key, value in ids.items():
+        setattr(generation, key, value)
+    generation.save_pretrained(out_dir)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+
+
+def export(
+    base_dir: Path,
+    out: Path,
+    replace: dict[str, torch.Tensor],
+    vocab_size: int,
+    tokenizer: PreTrainedTokenizerBase,
+    record: dict[str, Any],
+    force: bool = False,
+) -> Path:
+    """Write the patched checkpoint to ``out`` atomically.
+
+    Everything goes to ``OUT.tmp-<pid>`` first and is renamed into place at the end, so an
+    interrupted run never leaves a half-written OUT (and never destroys an existing one).
+    """
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+        write_weights(base_dir, tmp, replace)
+        write_config(base_dir, tmp, vocab_size, tokenizer)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
+        _fsync_tree(tmp)
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            cleanup.callback(shutil.rmtree, old, ignore_errors=True)
+        os.replace(tmp, out)
+    return out

@@ -1,0 +1,97 @@
+"""Method options: dataclass fields <-> CLI flags and recipe values.
+
+A method declares its options as a dataclass; this module turns ``--field-name value``
+flags (or a recipe's mapping) into an instance, checking names and types, so the CLI never
+has to know any method's options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+from transplant.errors import UserError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    """Coerce ``value`` (often a CLI string) to the annotated type of field ``name``."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _convert(name, args[0], value)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise UserError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, not {value!r}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{_flag(name)} must be true or false, not {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{_flag(name)} must be {kind.__name__}, not {value!r}") from None
+
+
+def build_options(options_cls: type, values: dict[str, Any]) -> Any:
+    """An ``options_cls`` instance from a name -> value mapping (names use _ or -)."""
+    hints = typing.get_type_hints(options_cls)
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    converted = {}
+    for raw_name, value in values.items():
+        name = raw_name.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(_flag(f) for f in sorted(fields)) or "none"
+            raise UserError(f"unknown option {_flag(name)} for this method (its options: {known})")
+        converted[name] = _convert(name, hints[name], value)
+    return options_cls(**converted)
+
+
+def parse_flags(options_cls: type, args: list[str]) -> dict[str, Any]:
+    """``['--k', '8', '--center']`` -> ``{'k': '8', 'center': True}`` for ``options_cls``."""
+    hints = typing.get_type_hints(options_cls)
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}")
+        name, _, inline = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if hints.get(name) is bool and not inline:
+            values[name] = True
+        elif name.startswith("no_") and hints.get(name[3:]) is bool and not inline:
+            values[name[3:]] = False
+        elif inline:
+            values[name] = inline
+        elif i + 1 < len(args):
+            values[name] = args[i + 1]
+            i += 1
+        else:
+            raise UserError(f"{arg} needs a value")
+        i += 1
+    return values
+
+
+def describe(options_cls: type) -> list[tuple[str, str, str]]:
+    """(flag, type, default) of every option, for ``transplant methods``."""
+    hints = typing.get_type_hints(options_cls)
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        kind = hints[f.name]
+        shown = "|".join(map(str, typing.get_args(kind))) if typing.get_origin(kind) is Literal else getattr(kind, "__name__", str(kind))
+        rows.append((_flag(f.name), shown, repr(f.default)))
+    return rows

@@ -1,0 +1,159 @@
+"""The whole transplant, top to bottom: resolve, load, match, initialize, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from transplant import __version__
+from transplant.chat import ChatMode, adopt_chat_template
+from transplant.checkpoint import Embeddings, export, read_embeddings
+from transplant.errors import UserError
+from transplant.methods import registry
+from transplant.methods.base import Context, Method, Which
+from transplant.options import build_options
+from transplant.progress import Stages
+from transplant.sources import load_tokenizer, resolve_model
+from transplant.vocab import VocabMatch, match_vocabularies
+
+
+@dataclass
+class TransplantConfig:
+    base: str
+    tokenizer: str
+    out: Path
+    method: str = "subword"
+    options: dict[str, Any] = field(default_factory=dict)
+    donor: str | None = None
+    seed: int = 0
+    force: bool = False
+    allow_pickle: bool = False
+    device: str = "cpu"
+    chat_template: ChatMode = "base"
+    pad_to_multiple_of: int = 1
+
+
+@dataclass
+class TransplantResult:
+    out: Path
+    counts: dict[str, int]
+    timings: dict[str, float]
+
+
+def _check_base(tokenizer: PreTrainedTokenizerBase, embeddings: Embeddings) -> None:
+    rows = embeddings.input.shape[0]
+    largest = max([len(tokenizer) - 1, *tokenizer.added_tokens_decoder])
+    if largest >= rows:
+        raise UserError(f"the base tokenizer has ids up to {largest} but the base model has only {rows} embedding rows")
+
+
+def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -> None:
+    new_vocab = new.get_vocab()
+    mismatched = sum(new_vocab.get(token) != i for token, i in donor.get_vocab().items())
+    if mismatched:
+        raise UserError(f"the donor's tokenizer is not the new tokenizer ({mismatched} tokens differ)")
+
+
+def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> Embeddings:
+    ref = cfg.donor or cfg.tokenizer
+    try:
+        directory = resolve_model(ref, cfg.allow_pickle)
+    except UserError as e:
+        if cfg.donor is None:
+            raise UserError(f"method {cfg.method!r} needs a donor model whose tokenizer is the new one (--donor)") from e
+        raise
+    _check_donor(AutoTokenizer.from_pretrained(directory), new)
+    return read_embeddings(directory)
+
+
+def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device, torch.float32)
+
+
+def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which, base: torch.Tensor) -> torch.Tensor:
+    """Copied rows bit for bit, method rows for the missing ids, zeros for padding rows."""
+    rows = torch.zeros(match.num_rows, base.shape[1], dtype=base.dtype)
+    rows[match.copy_new] = base[match.copy_base]
+    if len(match.missing):
+        new = method.init_rows(ctx, which, match.missing)
+        if new.shape != (len(match.missing), base.shape[1]) or not torch.isfinite(new).all():
+            raise RuntimeError(f"method {ctx.options!r} returned bad rows {tuple(new.shape)} for {which}")
+        rows[match.missing] = new.to("cpu", base.dtype)
+    return rows
+
+
+def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> TransplantResult:
+    """Give the base model of ``cfg`` the new tokenizer and write it to ``cfg.out``."""
+    stages = stages or Stages()
+    started = time.perf_counter()
+    method_cls = registry.get(cfg.method)
+    options = build_options(method_cls.Options, cfg.options)
+    if cfg.out.exists() and not cfg.force:
+        raise UserError(f"{cfg.out} exists; pass --force to replace it")
+    if cfg.pad_to_multiple_of < 1:
+        raise UserError("--pad-to-multiple-of must be at least 1")
+    device = torch.device(cfg.device)
+
+    with stages.run("loading base model"):
+        base_dir = resolve_model(cfg.base, cfg.allow_pickle)
+        base_tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        embeddings = read_embeddings(base_dir)
+        _check_base(base_tokenizer, embeddings)
+    with stages.run("loading new tokenizer"):
+        new_tokenizer = load_tokenizer(cfg.tokenizer)
+    donor = None
+    if method_cls.needs_donor:
+        with stages.run("loading donor"):
+            donor = _load_donor(cfg, new_tokenizer)
+    with stages.run("matching vocabularies"):
+        added = adopt_chat_template(base_tokenizer, new_tokenizer, cfg.chat_template)
+        match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
+    ctx = Context(
+        match=match,
+        base_input=_as_float(embeddings.input, device),
+        base_output=_as_float(embeddings.output, device),
+        options=options,
+        seed=cfg.seed,
+        device=device,
+        donor_input=_as_float(donor.input, device) if donor else None,
+        donor_output=_as_float(donor.output, device) if donor else None,
+    )
+    method = method_cls()
+    replace = {}
+    with stages.run(f"initializing {len(match.missing):,} rows with {cfg.method}"):
+        replace[embeddings.input_name] = _build_matrix(method, ctx, match, "input", embeddings.input)
+        if embeddings.output_name is not None:
+            replace[embeddings.output_name] = _build_matrix(method, ctx, match, "output", embeddings.output)
+    counts = {
+        "rows": match.num_rows,
+        "copied": len(match.copy_new),
+        "initialized": len(match.missing),
+        "special_matched": match.special_matched,
+        "padding": len(match.padding),
+        "chat_markers_added": len(added),
+    }
+    record = {
+        "tool": "transplant",
+        "version": __version__,
+        "base": cfg.base,
+        "tokenizer": cfg.tokenizer,
+        "donor": (cfg.donor or cfg.tokenizer) if donor else None,
+        "method": cfg.method,
+        "options": dataclasses.asdict(options),
+        "seed": cfg.seed,
+        "chat_template": cfg.chat_template,
+        "chat_markers_added": added,
+        "tied": embeddings.tied,
+        "counts": counts,
+        "timings": stages.timings,
+    }
+    with stages.run("writing checkpoint"):
+        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, record, cfg.force)
+    stages.timings["total"] = round(time.perf_counter() - started, 3)
+    return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))
