@@ -62,7 +62,7 @@ def _pull_default() -> Path:
 class TextEncoder:
     """Mean-pooled (over the attention mask) embeddings of short strings."""
 
-    def __init__(self, directory: Path, device: str | torch.device = "cpu", batch_size: int = 512) -> None:
+    def __init__(self, directory: Path, device: str | torch.device = "cpu", batch_size: int = 1024) -> None:
         try:
             config = AutoConfig.from_pretrained(directory)
         except (OSError, ValueError) as e:
