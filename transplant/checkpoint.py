@@ -83,11 +83,14 @@ def embedding_names(directory: Path) -> tuple[str, str | None]:
     config = AutoConfig.from_pretrained(directory)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), name)  # a tied weight keeps its first (embedding) name
     input_weight = model.get_input_embeddings().weight
     output_module = model.get_output_embeddings()
     input_name = names[id(input_weight)]
-    tied = output_module is None or output_module.weight is input_weight
+    tied_by_config = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+    tied = tied_by_config or output_module is None or output_module.weight is input_weight
     return input_name, None if tied else names[id(output_module.weight)]
 
 
