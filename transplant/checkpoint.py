@@ -9,6 +9,7 @@ model class itself (built on the meta device, no weights) rather than guessed fr
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from contextlib import ExitStack
@@ -18,7 +19,6 @@ from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
 from transplant.errors import UserError
@@ -117,29 +117,76 @@ def _shards(directory: Path) -> dict[Path, list[str]]:
     return shards
 
 
-def _stream_shard(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
+def _shard_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one base shard, one at a time, with replacements swapped in."""
     if path.suffix == ".safetensors":
         with safe_open(path, "pt") as f:
             for name in names:
-                yield name, f.get_tensor(name)
+                yield name, replace[name] if name in replace else f.get_tensor(name)
     else:
         state = _load_pickle(path)
         for name in names:
-            yield name, state[name]
+            yield name, replace.get(name, state[name])
+
+
+def _shapes(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> list[tuple[str, str, list[int]]]:
+    """(name, safetensors dtype, shape) of every tensor of a shard, without reading data."""
+    out = []
+    if path.suffix == ".safetensors":
+        with safe_open(path, "pt") as f:
+            for name in names:
+                if name in replace:
+                    out.append((name, _SAFETENSORS_DTYPES[replace[name].dtype], list(replace[name].shape)))
+                else:
+                    piece = f.get_slice(name)
+                    out.append((name, piece.get_dtype(), list(piece.get_shape())))
+    else:
+        for name, tensor in _shard_tensors(path, names, replace):
+            out.append((name, _SAFETENSORS_DTYPES[tensor.dtype], list(tensor.shape)))
+    return out
+
+
+def write_shard(out: Path, layout: list[tuple[str, str, list[int]]], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
+    """Write a safetensors file one tensor at a time; returns the bytes of tensor data.
+
+    ``safetensors.torch.save_file`` serializes a whole dict into one buffer (two copies of
+    a shard in RAM); the header only needs shapes and dtypes, so it is written first and
+    each tensor's bytes follow as they are read.
+    """
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape in layout:
+        size = _TORCH_DTYPES[dtype].itemsize * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with out.open("wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for (name, dtype, _), (got, tensor) in zip(layout, tensors):
+            assert name == got and _SAFETENSORS_DTYPES[tensor.dtype] == dtype
+            f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return offset
 
 
 def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor]) -> None:
-    """Copy every tensor of the base, swapping in ``replace``; one shard in memory at a time."""
+    """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time."""
     shards = _shards(base_dir)
     weight_map: dict[str, str] = {}
     total = 0
     for number, (path, names) in enumerate(shards.items(), start=1):
         shard_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-        tensors = {name: replace.get(name, tensor).contiguous() for name, tensor in _stream_shard(path, names)}
-        save_file(tensors, out_dir / shard_name, metadata={"format": "pt"})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map.update({name: shard_name for name in tensors})
-        del tensors
+        total += write_shard(out_dir / shard_name, _shapes(path, names, replace), _shard_tensors(path, names, replace))
+        weight_map.update({name: shard_name for name in names})
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

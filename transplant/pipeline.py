@@ -83,7 +83,7 @@ def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which,
     if len(match.missing):
         new = method.init_rows(ctx, which, match.missing)
         if new.shape != (len(match.missing), base.shape[1]) or not torch.isfinite(new).all():
-            raise RuntimeError(f"method {ctx.options!r} returned bad rows {tuple(new.shape)} for {which}")
+            raise RuntimeError(f"method {method.name!r} returned bad rows {tuple(new.shape)} for {which}")
         rows[match.missing] = new.to("cpu", base.dtype)
     return rows
 

@@ -173,7 +173,7 @@ def resolve_model(ref: str, allow_pickle: bool = False) -> Path:
 
 
 def _from_hub(ref: str, allow_pickle: bool) -> Path:
-    looks_like_path = ref.startswith((".", "/", "~")) or Path(ref).suffix != "" or ref.count("/") != 1
+    looks_like_path = ref.startswith((".", "/", "~")) or Path(ref).suffix != "" or ref.count("/") > 1
     if looks_like_path:
         known = ", ".join(PACKAGED)
         raise UserError(f"{ref}: no such file or directory (packaged models: {known})")

@@ -58,10 +58,13 @@ class VocabMatch:
         """Decompositions of ``new_ids`` as a (n, longest) LongTensor padded with -1, so
         methods can work on all tokens at once instead of looping."""
         rows = [self.decompose(i) for i in new_ids.tolist()]
-        width = max((len(r) for r in rows), default=0)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        flat = torch.tensor([piece for r in rows for piece in r], dtype=torch.long)
+        row = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+        col = torch.arange(len(flat)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        width = int(lengths.max()) if len(rows) else 0
         out = torch.full((len(rows), max(width, 1)), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        out[row, col] = flat
         return out
 
 

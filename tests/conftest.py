@@ -1,0 +1,121 @@
+"""Shared fixtures: real (tiny) models and tokenizers built from text the tests write."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+WORDS = (
+    "the house garden child tree street water sky earth fire light playing played player "
+    "reading writing running jumping small large happy quick brown fox lazy dog over under "
+    "haus garten kind baum straße wasser himmel erde feuer licht über schön grün"
+).split()
+
+
+def make_text(seed: int = 0, lines: int = 600) -> str:
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(lines))
+
+
+USER_CACHE = os.environ.get("TRANSPLANT_CACHE")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never touch the user's cache; slow tests share it (packaged models are big)."""
+    if request.node.get_closest_marker("slow"):
+        if USER_CACHE is None:
+            monkeypatch.delenv("TRANSPLANT_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("TRANSPLANT_CACHE", USER_CACHE)
+    else:
+        monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(make_text())
+    return path
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def bpe_tokenizer(corpus: Path, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style) with chat markers, like SmolLM2's."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([str(corpus)], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def sentencepiece_model(corpus: Path, out_dir: Path, vocab_size: int = 400, model_type: str = "unigram") -> Path:
+    """A SentencePiece model (with byte fallback) trained on the corpus; returns the .model."""
+    import sentencepiece as spm
+
+    prefix = out_dir / f"sp_{model_type}"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2, hard_vocab_limit=False,
+    )
+    return prefix.with_suffix(".model")
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, out_dir: Path, tied: bool, seed: int = 0, hidden: int = 32,
+               layers: int = 2, max_shard_size: str | None = None) -> Path:
+    """A random llama with the tokenizer's vocabulary, saved as safetensors with the tokenizer."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # make embeddings distinct from their init pattern so copies are checkable
+        model.get_input_embeddings().weight.normal_(0, 1)
+        if not tied:
+            model.get_output_embeddings().weight.normal_(0, 1)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out_dir, **kwargs)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bpe_tok")
+    bpe_tokenizer(corpus_file).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sp_model(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sentencepiece_model(corpus_file, tmp_path_factory.mktemp("sp"))
+
+
+@pytest.fixture(scope="session", params=[True, False], ids=["tied", "untied"])
+def base_model(request: pytest.FixtureRequest, corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tied" if request.param else "untied")
+    return tiny_llama(bpe_tokenizer(corpus_file), out, tied=request.param)

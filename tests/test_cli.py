@@ -1,0 +1,133 @@
+"""The command line: happy path, and every bad input as one line, exit code 2, no OUT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import bpe_tokenizer, tiny_llama
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_user_error(result, out: Path, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and fragment in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert not list(out.parent.glob(f"{out.name}.tmp-*"))
+
+
+def test_model_command_and_method_flags(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("model", str(base_model), "--tokenizer", str(sp_model), "-o", str(out), "--method", "subword",
+                 "--subword-weighting", "length", "--json")
+    assert result.exit_code == 0, result.output
+    assert (out / "transplant.json").exists() and '"copied"' in result.output
+    assert '"subword_weighting": "length"' in (out / "transplant.json").read_text()
+
+
+def test_recipe(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    out = tmp_path / "out"
+    recipe.write_text(f"base: {base_model}\ntokenizer: {sp_model}\nmethod: subword\noptions:\n  subword_weighting: first\nout: {out}\n")
+    assert run("model", "--recipe", str(recipe)).exit_code == 0
+    assert '"subword_weighting": "first"' in (out / "transplant.json").read_text()
+
+
+def test_methods_lists_registry() -> None:
+    result = run("methods")
+    assert result.exit_code == 0 and "subword" in result.output and "--subword-weighting" in result.output
+
+
+def test_missing_path(sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(tmp_path / "nope"), "-t", str(sp_model), "-o", str(out)), out, "no such file")
+
+
+def test_corrupt_safetensors(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(base_model, broken)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(broken), "-t", str(sp_model), "-o", str(out)), out, "corrupt safetensors")
+
+
+def test_non_tokenizer_file(base_model: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(base_model), "-t", str(bogus), "-o", str(out)), out, "not a tokenizer")
+    fake_model = tmp_path / "fake.model"
+    fake_model.write_text("hello")
+    assert_user_error(run("model", str(base_model), "-t", str(fake_model), "-o", str(out)), out, "SentencePiece")
+
+
+def test_existing_out_is_refused_and_kept(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run("model", str(base_model), "-t", str(sp_model), "-o", str(out))
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    assert run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--force").exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_tokenizer_ids_beyond_base_rows(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=True)
+    small = bpe_tokenizer(corpus_file, vocab_size=400)  # more ids than the model has rows
+    small.save_pretrained(base)
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(base), "-t", str(sp_model), "-o", str(out)), out, "embedding rows")
+
+
+def test_pickle_needs_allow_pickle(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled"
+    shutil.copytree(base_model, pickled)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(pickled), "-t", str(sp_model), "-o", str(out)), out, "--allow-pickle")
+    assert run("model", str(pickled), "-t", str(sp_model), "-o", str(out), "--allow-pickle").exit_code == 0
+
+
+def test_unknown_method_and_option(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "-m", "nope"), out, "unknown method")
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--k", "3"), out, "unknown option")
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--subword-weighting", "x"), out, "must be one of")
+
+
+def test_killed_mid_write_leaves_no_out(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    """SIGKILL the CLI as soon as its temp dir appears: OUT must not exist afterwards."""
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6, max_shard_size="2MB")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(out)],
+                            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("out.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.fail("the export finished before it could be interrupted")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()

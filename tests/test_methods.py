@@ -1,0 +1,87 @@
+"""Every registered method through the same contract, plus the baselines' own formulas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import bpe_tokenizer
+from transplant.methods import registry
+from transplant.methods.base import Context
+from transplant.sources import load_tokenizer
+from transplant.vocab import match_vocabularies
+
+
+@pytest.fixture(scope="module")
+def match(corpus_file: Path, sp_model: Path):
+    return match_vocabularies(bpe_tokenizer(corpus_file), load_tokenizer(str(sp_model)))
+
+
+def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Context:
+    g = torch.Generator().manual_seed(0)
+    rows, new_rows = len(match.base_vocab), match.num_rows
+    return Context(
+        match=match,
+        base_input=torch.randn(rows, 24, generator=g),
+        base_output=None if tied else torch.randn(rows, 24, generator=g),
+        options=options,
+        seed=seed,
+        donor_input=torch.randn(new_rows, 40, generator=g),
+        donor_output=None if tied else torch.randn(new_rows, 40, generator=g),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(registry.available()))
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_method_contract(match, name: str, which: str) -> None:
+    cls = registry.get(name)
+    ctx = make_context(match, cls.Options())
+    before = ctx.base(which).clone()
+    rows = cls().init_rows(ctx, which, match.missing)
+    assert rows.shape == (len(match.missing), 24) and rows.dtype == torch.float32
+    assert torch.isfinite(rows).all()
+    assert torch.equal(ctx.base(which), before)  # methods never write into the base
+    again = cls().init_rows(make_context(match, cls.Options()), which, match.missing)
+    assert torch.equal(rows, again)
+
+
+def test_mean_and_zero(match) -> None:
+    ctx = make_context(match)
+    mean = registry.get("mean")().init_rows(ctx, "input", match.missing)
+    assert torch.allclose(mean, ctx.base_input.mean(0).expand_as(mean))
+    assert registry.get("zero")().init_rows(ctx, "input", match.missing).abs().sum() == 0
+
+
+def test_random_uses_per_dimension_statistics(match) -> None:
+    ctx = make_context(match)
+    scale = torch.linspace(0.1, 5.0, 24)
+    ctx.base_input = ctx.base_input * scale + torch.arange(24.0)
+    many = torch.arange(20000) % len(match.missing)
+    rows = registry.get("random")().init_rows(ctx, "input", many)
+    std, mean = torch.std_mean(ctx.base_input, dim=0)
+    assert torch.allclose(rows.mean(0), mean, atol=0.1)
+    assert torch.allclose(rows.std(0), std, rtol=0.05)
+    other = registry.get("random")().init_rows(make_context(match, seed=1), "input", match.missing)
+    assert not torch.equal(other, registry.get("random")().init_rows(make_context(match), "input", match.missing))
+
+
+@pytest.mark.parametrize("weighting", ["mean", "length", "first"])
+def test_subword_by_hand(match, weighting: str) -> None:
+    cls = registry.get("subword")
+    ctx = make_context(match, cls.Options(subword_weighting=weighting))
+    rows = cls().init_rows(ctx, "input", match.missing)
+    checked = 0
+    for i, new_id in enumerate(match.missing.tolist()):
+        pieces = match.decompose(new_id)
+        if not pieces:
+            expected = ctx.base_input.mean(0)
+        elif weighting == "first":
+            expected = ctx.base_input[pieces[0]]
+        else:
+            w = torch.tensor([float(max(1, len(match.base_vocab.surfaces[p]))) if weighting == "length" else 1.0 for p in pieces])
+            expected = (w[:, None] * ctx.base_input[pieces]).sum(0) / w.sum()
+        assert torch.allclose(rows[i], expected, atol=1e-5), (new_id, pieces)
+        checked += len(pieces) > 1
+    assert checked > 5

