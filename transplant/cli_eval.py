@@ -84,7 +84,7 @@ def evaluate(
 def compare(
     base: str = typer.Argument(..., help="Base model (HF dir, .gguf, hub id or packaged name)."),
     tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="New tokenizer for every method."),
-    methods: str = typer.Option("subword,mean,zero,random", "--methods", help="Comma-separated method names."),
+    methods: str = typer.Option("subword,mean,zero,random", "--methods", help="Comma-separated methods; options as omp:k=8:pool=0 compare variants."),
     corpus: Path = typer.Option(..., "--corpus", help=CORPUS_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Directory: one checkpoint per method plus the report."),
     donor: Optional[str] = typer.Option(None, "--donor", help="Donor model for methods that need one."),

@@ -5,6 +5,9 @@ the same documents (the base once), and the ranking by byte-level perplexity rat
 to `OUT/report.md`, `OUT/report.json` and `OUT/ratio.png`. A method directory that already
 holds a finished transplant (`transplant.json`) is reused unless `force` is set, so an
 interrupted comparison resumes where it stopped.
+
+A method may carry options, so variants of one method compete side by side:
+``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0/`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from transplant.errors import UserError
 from transplant.evaluate import Document, EvalConfig, Evaluation, Progress, evaluate_model, load_corpus, load_model
 from transplant.methods import registry
+from transplant.options import build_options
 from transplant.report import write_report
 
 
@@ -50,8 +54,9 @@ ProgressFactory = Callable[[str], Progress]  # label -> progress callback for on
 def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | None = None) -> Comparison:
     if not cfg.methods:
         raise UserError("--methods needs at least one method")
-    for name in cfg.methods:
-        registry.get(name)  # unknown names fail before any work starts
+    for spec in cfg.methods:  # unknown methods and bad options fail before any work starts
+        name, options = parse_variant(spec)
+        build_options(registry.get(name).Options, options)
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")
     base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress)
@@ -77,15 +82,28 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
     return Comparison(base, results, transplants, report)
 
 
-def _transplant(cfg: CompareConfig, method: str, log: Log) -> Path:
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``"omp:k=8:pool=0"`` -> ``("omp", {"k": "8", "pool": "0"})``."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not key or not sep:
+            raise UserError(f"method variant {spec!r}: options are written key=value, e.g. omp:k=8")
+        options[key] = value
+    return name, options
+
+
+def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     from transplant.pipeline import TransplantConfig, transplant
 
-    out = cfg.out / method
+    out = cfg.out / spec.replace(":", "_")
     if (out / "transplant.json").is_file() and not cfg.force:
-        log(f"{method}: reusing {out}")
+        log(f"{spec}: reusing {out}")
         return out
-    log(f"{method}: transplanting into {out}")
-    config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method,
+    log(f"{spec}: transplanting into {out}")
+    method, options = parse_variant(spec)
+    config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
                               donor=cfg.donor, seed=cfg.seed, force=cfg.force)
     return transplant(config).out
 

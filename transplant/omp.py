@@ -3,32 +3,31 @@
 For each target x, OMP greedily picks k atoms (rows of a dictionary A): at each step the atom
 whose inner product with the current residual is largest in absolute value, then refits the
 coefficients of *all* picked atoms by least squares, so the residual x - c·A_S stays
-orthogonal to the picked atoms. Exact mode matches mergekit's ``batch_omp`` step for step
-(raw inner products, no normalization, every target gets k atoms).
+orthogonal to the picked atoms. Raw inner products, no normalization, every target gets k
+atoms: mergekit's ``batch_omp``, step for step.
 
-Where the time goes, and what is done about it:
+Two ways to run it, chosen by ``pool``:
 
-* Coefficients: an incrementally grown Cholesky factor of the Gram matrix of the picked atoms
-  (as in Batch-OMP, Rubinstein, Zibulevsky & Elad 2008): one new row and two triangular
-  solves of size t per step, in float64 on (batch, k, k) tensors. Cheap and stable; no
-  (batch, D, k) orthonormal basis to maintain.
-* Correlations with all N atoms are the real cost (N·D per target per step). Batch-OMP's
-  other half, alpha = alpha0 - G[:, S]·c with a precomputed N×N Gram matrix, does not pay
-  with token embeddings: N (~46k anchors) is far larger than D (~600), so G takes ~8 GB and
-  each update is a memory-bound matrix-vector product per target, slower than the one GEMM
-  ``residual @ A.T`` it replaces. So exact mode does that GEMM every step.
-* Safe screening (keep a pool of the top M atoms at step t0 and their threshold tau; a later
-  pool pick is provably exact when it beats tau + max_norm * ||r_s - r_t0||) never certifies
-  a pick: one OMP step moves the residual by at least |<a, r>| / ||a||, so the bound already
-  exceeds the best score one step later. Measured on gemma3 donor rows (46,253 anchors of
-  norm ~1.03, M = 4096, 200 targets): 0% of steps 1-15 certified, best/bound ~0.37-0.66.
-* ``refresh=R > 1`` (approximate) does the full GEMM only every R steps and keeps each
-  target's ``pool`` best-correlated atoms from it; the steps in between score only the pool
-  against the exact current residual. The atoms OMP picks next are almost always among the
-  ones most correlated with the residual a few steps earlier, so this costs ~R times less
-  for a small change in the result (measured in ``benchmarks/omp_vs_mergekit.py``). A pool
-  taken once from the *target* (not the residual) does not work: raw embeddings share a
-  dominant mean direction, so the first pick removes what made those atoms look close.
+* ``pool=0``, exact over every atom: the correlations of each residual with all N atoms are
+  one GEMM per step, N·D per target per step. This is mergekit's cost (hours for ~200k
+  targets over ~46k anchors on two cores) and the reference the fast mode is measured against.
+* ``pool=M``, over each target's M candidate atoms: the M anchors nearest the target (cosine
+  around the anchor mean, FAISS), then OMP restricted to them in *Gram form* (Batch-OMP,
+  Rubinstein, Zibulevsky & Elad 2008): with the candidates' Gram matrix G (M×M) and their
+  inner products with the target, every step is O(M·t) work in coefficient space and never
+  touches the D-dimensional vectors again. With M ≥ N the pool is every atom and the result is
+  exact OMP again. Why a pool and not the full N×N Gram matrix: N ≫ D for vocabularies, so the
+  full G is gigabytes and each update a memory-bound pass over it. Why the pool does not cost
+  quality: coefficients are transferred to another embedding space, and far-away atoms that
+  exact OMP picks to cancel the last bits of the residual carry noise, not meaning; restricted
+  to nearby anchors the transfer is *better* (locality-constrained coding). Measured in
+  ``benchmarks/omp_quality.py``.
+
+Both keep the same bookkeeping (:class:`_Factor`): each pick a_j is split into its part along
+the earlier picks (w = Qᵀa_j) and a new orthonormal direction q = (a_j - Q w)/p; then L (rows
+[w, p]) is the Cholesky factor of the picks' Gram matrix, z_t = q·x the target's coordinate
+on the new direction, the residual norm drops by z_t², and the coefficients are L⁻ᵀz: one
+triangular solve at the end, float64 throughout.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 
 import psutil
 import torch
+
+from transplant.neighbors import Index
 
 
 @dataclass
@@ -49,103 +50,156 @@ class OmpResult:
     rel_residual: torch.Tensor
 
 
-def auto_batch_size(num_atoms: int, dim: int, k: int, pool: int, fraction: float = 0.25) -> int:
+_RESIDUAL_TOL = 1e-6  # relative residual treated as zero: float32 rounding of the inputs
+_PIVOT_TOL = 1e-6  # squared sine of the angle between a new atom and the span of the picked ones
+_PIVOT_TOL_FLOAT32 = 1e-4  # the same from a float32 Gram matrix, whose entries are off by ~1e-6
+_EXACT_SEARCH_PAIRS = 2e9  # target × anchor pairs up to which candidate search is exact
+
+
+def auto_batch_size(num_atoms: int, dim: int, k: int, pool: int, fraction: float = 0.2) -> int:
     """How many targets fit in ``fraction`` of the available RAM at once.
 
-    Per target: a row of N correlations and its absolute value, the pool's atoms (M, D), and
-    in float64 the picked atoms (k, D), the (k, k) Cholesky factor and the residual."""
-    per_target = 4 * (3 * num_atoms + pool * dim + 2 * dim) + 8 * (k * dim + k * k + 3 * k + dim)
+    Exact: a row of N correlations and its absolute value, and in float64 the orthonormal
+    directions (k, D) and the residual. Pooled: the candidates (M, D), their Gram matrix
+    (M, M) and in float64 the directions in coefficient space (k, M)."""
+    if pool:
+        per_target = 4 * (pool * dim + pool * pool) + 8 * (k * pool + k * k + 4 * pool)
+    else:
+        per_target = 4 * 3 * num_atoms + 8 * (k * dim + k * k + 3 * dim)
     budget = psutil.virtual_memory().available * fraction
     return int(max(16, min(4096, budget // per_target)))
+
+
+def candidate_pools(targets: torch.Tensor, atoms: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """(B, size) ids of the atoms nearest each target by cosine around the atoms' mean, best
+    first. Centered because raw embeddings share a dominant direction that makes every atom
+    look alike. Exact search while it is cheap, else FAISS IVF (seeded, so deterministic)."""
+    mean = atoms.mean(dim=0)
+    exact = len(targets) * len(atoms) <= _EXACT_SEARCH_PAIRS
+    index = Index(atoms - mean, normalize=True, exact_limit=len(atoms) if exact else 0, seed=seed)
+    return index.search(targets - mean, size)[1]
 
 
 def batch_omp(
     targets: torch.Tensor,
     atoms: torch.Tensor,
     k: int,
-    refresh: int = 1,
-    pool: int = 256,
+    pool: int = 0,
     batch_size: int = 0,
+    seed: int = 0,
 ) -> OmpResult:
     """OMP of every row of ``targets`` (B, D) over the rows of ``atoms`` (N, D).
 
-    ``refresh`` = 1 is exact OMP; R > 1 scores all atoms every R steps only and a pool of the
-    ``pool`` best in between (see the module docstring). ``batch_size`` = 0 adapts to RAM."""
+    ``pool`` = 0 is exact OMP over all atoms; M > 0 restricts each target to its M candidate
+    atoms (see the module docstring; M ≥ N is exact too). ``batch_size`` = 0 adapts to RAM;
+    ``seed`` seeds the approximate candidate search used for very large problems."""
     num_atoms, dim = atoms.shape
     if not 1 <= k <= num_atoms:
         raise ValueError(f"cannot pick {k} atoms out of {num_atoms}")
-    if refresh < 1:
-        raise ValueError(f"refresh must be >= 1, got {refresh}")
-    pool = min(pool, num_atoms) if refresh > 1 else 0
-    if refresh > 1 and pool < min(refresh, num_atoms):
-        raise ValueError(f"pool ({pool}) must hold at least refresh ({refresh}) atoms")
-    batch_size = batch_size or auto_batch_size(num_atoms, dim, k, pool)
+    if pool and pool < k:
+        raise ValueError(f"a pool of {pool} candidates cannot supply {k} atoms")
     atoms = atoms.to(torch.float32)
-    parts = [
-        _omp_batch(targets[start : start + batch_size].to(atoms), atoms, k, refresh, pool)
-        for start in range(0, len(targets), batch_size)
-    ] or [_omp_batch(targets.to(atoms), atoms, k, refresh, pool)]
+    targets = targets.to(atoms)
+    shared = not pool or pool >= num_atoms
+    pools = None if shared else candidate_pools(targets, atoms, pool, seed)
+    gram = atoms.double() @ atoms.double().T if pool >= num_atoms else None
+    batch_size = batch_size or auto_batch_size(num_atoms, dim, k, min(pool, num_atoms))
+    parts = []
+    for start in range(0, len(targets), batch_size):
+        x = targets[start : start + batch_size]
+        if pools is not None:
+            ids = pools[start : start + batch_size]
+            chosen = atoms[ids]
+            gram_rows = torch.bmm(chosen, chosen.transpose(1, 2))  # float32: half the time of float64
+            result = _pooled(x, torch.einsum("bmd,bd->bm", chosen, x), gram_rows, k, _PIVOT_TOL_FLOAT32)
+            result.indices = ids.gather(1, result.indices)
+        elif gram is not None:
+            result = _pooled(x, x.double() @ atoms.double().T, gram.expand(len(x), -1, -1), k)
+        else:
+            result = _exact(x, atoms, k)
+        parts.append(result)
+    if not parts:
+        return _Factor(targets, k).result()
     return OmpResult(*(torch.cat(field) for field in zip(*((p.indices, p.coeffs, p.rel_residual) for p in parts))))
 
 
-def _omp_batch(x: torch.Tensor, atoms: torch.Tensor, k: int, refresh: int, pool: int) -> OmpResult:
-    """One batch of targets; see :func:`batch_omp`.
+class _Factor:
+    """The least-squares state shared by both modes, for a batch of B targets.
 
-    A target stops taking atoms once its residual is ~0 or the next atom is ~linearly
-    dependent on the ones it has (always so once k exceeds the dimension): later picks keep
-    coefficient 0. Without this the Cholesky pivot is ~0 and the coefficients blow up."""
-    rows = torch.arange(len(x), device=x.device)[:, None]
-    alpha0 = x @ atoms.T  # (B, N): inner products with every atom, the least-squares rhs
-    picked = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-    chosen = torch.empty(len(x), k, atoms.shape[1], dtype=torch.float64, device=x.device)  # picked atoms
-    chol = torch.zeros(len(x), k, k, dtype=torch.float64, device=x.device)  # G_S = L L^T
-    rhs = torch.zeros(len(x), k, dtype=torch.float64, device=x.device)  # alpha0 of live picks, else 0
-    live = x.norm(dim=1) > 0
-    floor = _RESIDUAL_TOL * x.double().norm(dim=1)
-    residual = x
-    for t in range(k):
-        if t % refresh == 0:
-            score = (alpha0 if t == 0 else residual @ atoms.T).abs()
-            score[rows, picked[:, :t]] = -1.0  # never pick an atom twice
-            if refresh > 1:
-                ids = score.topk(pool, dim=1).indices  # (B, M) the pool, best first
-                pool_atoms = atoms[ids]
-            new = score.argmax(dim=1)
-        else:
-            score = torch.bmm(pool_atoms, residual[:, :, None]).squeeze(-1).abs_()
-            score[(ids[:, :, None] == picked[:, None, :t]).any(dim=2)] = -1.0
-            new = ids[rows.squeeze(1), score.argmax(dim=1)]
-        picked[:, t] = new
-        chosen[:, t] = atom = atoms[new].double()
-        live &= _extend_cholesky(chol, t, torch.bmm(chosen[:, : t + 1], atom[:, :, None]).squeeze(-1), live)
-        rhs[:, t] = torch.where(live, alpha0.gather(1, new[:, None]).squeeze(1).double(), 0.0)
-        coeffs = torch.cholesky_solve(rhs[:, : t + 1, None], chol[:, : t + 1, : t + 1], upper=False).squeeze(-1)
-        exact_residual = x.double() - torch.bmm(coeffs[:, None, :], chosen[:, : t + 1]).squeeze(1)
-        live &= exact_residual.norm(dim=1) > floor
-        residual = exact_residual.float()
-    rel = residual.norm(dim=1) / x.norm(dim=1).clamp(min=1e-12)
-    return OmpResult(picked, coeffs.float(), rel)
+    A target stops taking atoms once its residual is ~0 or its next pick is ~linearly
+    dependent on the earlier ones (always so once k exceeds the dimension): from then on its
+    picks get an identity row in L and z = 0, i.e. coefficient 0, and the others are unchanged.
+    Without this the pivot is ~0 and the coefficients blow up."""
 
+    def __init__(self, x: torch.Tensor, k: int, pivot_tol: float = _PIVOT_TOL) -> None:
+        batch = len(x)
+        self.pivot_tol = pivot_tol
+        self.norm2 = x.double().pow(2).sum(dim=1)
+        self.res2 = self.norm2.clone()
+        self.live = self.norm2 > 0
+        self.chol = torch.zeros(batch, k, k, dtype=torch.float64, device=x.device)
+        self.z = torch.zeros(batch, k, dtype=torch.float64, device=x.device)
+        self.picked = torch.empty(batch, k, dtype=torch.long, device=x.device)
 
-_RESIDUAL_TOL = 1e-6  # relative residual treated as zero: float32 rounding of the inputs
-_PIVOT_TOL = 1e-6  # squared sine of the angle between a new atom and the span of the picked ones
-
-
-def _extend_cholesky(chol: torch.Tensor, t: int, gram_row: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-    """Grow the lower Cholesky factor of G_S by one atom, in place; return which targets could.
-
-    ``gram_row`` (B, t+1) holds the new atom's inner products with the picked atoms, itself
-    last. Where the new atom is (nearly) in the span of the picked ones, or the target is no
-    longer live, the factor grows by an identity row instead, so that atom's coefficient
-    solves to exactly 0 (its rhs is set to 0) and the others are unchanged."""
-    norm2 = gram_row[:, t]
-    if t == 0:
-        pivot = norm2
-    else:
-        w = torch.linalg.solve_triangular(chol[:, :t, :t], gram_row[:, :t, None], upper=False).squeeze(-1)
+    def add(self, t: int, j: torch.Tensor, w: torch.Tensor, norm2: torch.Tensor, corr: torch.Tensor):
+        """Record pick ``j`` (B,) at step ``t``: ``w`` (B, t) its coordinates on the earlier
+        directions, ``norm2`` its squared norm, ``corr`` its inner product with the residual.
+        Returns the new direction's scale 1/p (0 where the pick is not taken) and z_t."""
+        self.picked[:, t] = j
         pivot = norm2 - (w * w).sum(dim=1)
-    ok = live & (pivot > _PIVOT_TOL * norm2) & (norm2 > 0)
-    if t > 0:
-        chol[:, t, :t] = torch.where(ok[:, None], w, 0.0)
-    chol[:, t, t] = torch.where(ok, pivot.clamp(min=1e-300).sqrt(), 1.0)
-    return ok
+        ok = self.live & (pivot > self.pivot_tol * norm2) & (norm2 > 0)
+        p = torch.where(ok, pivot.clamp(min=1e-300).sqrt(), 1.0)
+        z_t = torch.where(ok, corr / p, 0.0)
+        self.chol[:, t, :t] = torch.where(ok[:, None], w, 0.0)
+        self.chol[:, t, t] = p
+        self.z[:, t] = z_t
+        self.res2 -= z_t * z_t
+        self.live = ok & (self.res2 > _RESIDUAL_TOL**2 * self.norm2)
+        return torch.where(ok, 1.0 / p, 0.0), z_t
+
+    def result(self) -> OmpResult:
+        coeffs = torch.linalg.solve_triangular(self.chol.mT, self.z[:, :, None], upper=True).squeeze(-1)
+        rel = (self.res2.clamp(min=0) / self.norm2.clamp(min=1e-300)).sqrt()
+        return OmpResult(self.picked, coeffs.float(), rel.float())
+
+
+def _exact(x: torch.Tensor, atoms: torch.Tensor, k: int) -> OmpResult:
+    """Exact OMP: one GEMM of the residuals against every atom per step; the orthonormal
+    directions are kept in the atoms' space (B, k, D)."""
+    rows = torch.arange(len(x), device=x.device)
+    factor = _Factor(x, k)
+    directions = torch.zeros(len(x), k, atoms.shape[1], dtype=torch.float64, device=x.device)
+    residual = x.double()
+    for t in range(k):
+        score = (residual.float() @ atoms.T).abs_()
+        score[rows[:, None], factor.picked[:, :t]] = -1.0  # never pick an atom twice
+        j = score.argmax(dim=1)
+        atom = atoms[j].double()
+        w = torch.bmm(directions[:, :t], atom[:, :, None]).squeeze(-1)
+        scale, z_t = factor.add(t, j, w, atom.pow(2).sum(dim=1), (atom * residual).sum(dim=1))
+        q = (atom - torch.bmm(w[:, None, :], directions[:, :t]).squeeze(1)) * scale[:, None]
+        directions[:, t] = q
+        residual -= q * z_t[:, None]
+    return factor.result()
+
+
+def _pooled(x: torch.Tensor, alpha0: torch.Tensor, gram: torch.Tensor, k: int, pivot_tol: float = _PIVOT_TOL) -> OmpResult:
+    """OMP over each target's own M candidates, given their inner products with the target
+    ``alpha0`` (B, M) and their Gram matrix ``gram`` (B, M, M). The directions are kept as
+    their inner products with the candidates (B, k, M), so a pick's coordinates w are a
+    gather and the correlations update by one rank-1 step: O(M·t) per step, no D."""
+    rows = torch.arange(len(x), device=x.device)
+    factor = _Factor(x, k, pivot_tol)
+    corr = alpha0.double()  # candidates · residual
+    projections = torch.zeros(len(x), k, alpha0.shape[1], dtype=torch.float64, device=x.device)
+    taken = torch.zeros_like(alpha0, dtype=torch.bool)
+    for t in range(k):
+        j = corr.abs().masked_fill_(taken, -1.0).argmax(dim=1)
+        taken[rows, j] = True
+        w = projections[rows, :t, j]
+        column = gram[rows, j].double()
+        scale, z_t = factor.add(t, j, w, column[rows, j], corr[rows, j])
+        h = (column - torch.bmm(w[:, None, :], projections[:, :t]).squeeze(1)) * scale[:, None]
+        projections[:, t] = h
+        corr -= h * z_t[:, None]
+    return factor.result()

@@ -4,7 +4,9 @@ Anchors are tokens both vocabularies share exactly; they exist in the donor (by 
 in the base (by base id). A donor row x_t is approximated by k anchors via orthogonal
 matching pursuit (:mod:`transplant.omp`); the same coefficients applied to those anchors'
 *base* rows give the new base row. Only coefficients cross between the spaces, so the hidden
-sizes of donor and base may differ.
+sizes of donor and base may differ. By default each token picks among its ``--pool`` nearest
+anchors (fast, and the transfer measured better); ``--pool 0`` is exact OMP over all anchors,
+mergekit's result.
 
 Two kinds of tokens do not go through OMP. Tokens the donor has no row for (ids appended to
 the tokenizer after the donor was trained, e.g. chat markers) take the subword row. With
@@ -34,8 +36,7 @@ from transplant.omp import OmpResult, batch_omp
 class OmpOptions:
     k: int = 64
     center: bool = False
-    refresh: int = 1
-    pool: int = 256
+    pool: int = 64
     batch_size: int = 0
     fallback: Literal["none", "subword"] = "subword"
     fallback_threshold: float = 0.3
@@ -46,16 +47,17 @@ def _validate(options: OmpOptions, num_anchors: int) -> None:
         raise UserError("omp: the donor and base vocabularies share no tokens to use as anchors")
     if options.k < 1 or options.k > num_anchors:
         raise UserError(f"omp: --k must be between 1 and the number of anchors ({num_anchors}), got {options.k}")
-    if options.refresh < 1:
-        raise UserError(f"omp: --refresh must be >= 1 (1 = exact OMP), got {options.refresh}")
-    if options.refresh > 1 and options.pool < min(options.refresh, num_anchors):
-        raise UserError(f"omp: --pool must hold at least --refresh ({options.refresh}) anchors, got {options.pool}")
+    if options.pool < 0 or (options.pool and options.pool < options.k):
+        raise UserError(f"omp: --pool must be 0 (all anchors) or at least --k ({options.k}), got {options.pool}")
     if options.batch_size < 0:
         raise UserError(f"omp: --batch-size must be >= 0 (0 adapts to RAM), got {options.batch_size}")
     if options.fallback not in ("none", "subword"):
         raise UserError(f"omp: --fallback must be none or subword, got {options.fallback!r}")
     if not 0.0 <= options.fallback_threshold <= 1.0:
         raise UserError(f"omp: --fallback-threshold is a relative residual in [0, 1], got {options.fallback_threshold}")
+
+
+_CHUNK = 8192  # targets whose anchor rows are gathered at once
 
 
 def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.Tensor, OmpResult]:
@@ -73,8 +75,11 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    result = batch_omp(targets, atoms, options.k, options.refresh, options.pool, options.batch_size)
-    rows = torch.einsum("nk,nkd->nd", result.coeffs, images[result.indices])
+    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed)
+    rows = torch.cat([  # in chunks: all (n, k, d) gathered anchor rows at once can be tens of GB
+        torch.einsum("nk,nkd->nd", coeffs, images[indices])
+        for coeffs, indices in zip(result.coeffs.split(_CHUNK), result.indices.split(_CHUNK))
+    ] or [images[:0]])
     if options.center:
         rows += base_mean
     return rows, result
