@@ -131,3 +131,31 @@ def test_killed_mid_write_leaves_no_out(corpus_file: Path, sp_model: Path, tmp_p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def donor_model(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A donor with its own, larger tokenizer and another hidden size than the base."""
+    return tiny_llama(bpe_tokenizer(corpus_file, vocab_size=420), tmp_path_factory.mktemp("donor"), tied=False, hidden=48)
+
+
+def test_omp_from_a_donor_model(base_model: Path, donor_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("model", str(base_model), "--tokenizer", str(donor_model), "--method", "omp", "--k", "8", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert '"donor"' in (out / "transplant.json").read_text()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == 420
+
+
+def test_omp_bad_donor_and_options(base_model: Path, donor_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    omp = ("--method", "omp", "-o", str(out))
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "--donor", str(donor_model), *omp), out,
+                      "not the new tokenizer")
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), *omp), out, "needs a donor model")
+    assert_user_error(run("model", str(base_model), "-t", str(donor_model), "--k", "100000", *omp), out,
+                      "number of anchors")
+    assert_user_error(run("model", str(base_model), "-t", str(donor_model), "--k", "8", "--pool", "4", *omp), out,
+                      "--pool")

@@ -1,5 +1,6 @@
 """Evaluation: bits-per-byte accounting, windowing, batching, the ratio and the corpus reader."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -257,16 +258,18 @@ def test_evaluate_command_against_itself(tiny_base: Path, jsonl_corpus: Path, tm
 
 
 def test_compare_ranks_methods_and_writes_report(tiny_base: Path, sp_model: Path, jsonl_corpus: Path, tmp_path: Path):
-    config = CompareConfig(base=str(tiny_base), tokenizer=str(sp_model), methods=("zero", "subword"),
+    methods = ("zero", "subword", "subword:subword-weighting=first")  # a variant with options
+    config = CompareConfig(base=str(tiny_base), tokenizer=str(sp_model), methods=methods,
                            corpus=jsonl_corpus, out=tmp_path / "cmp", scoring=EvalConfig(batch_size=4))
     logs: list[str] = []
     first = compare(config, log=logs.append)
     assert {p.name for p in first.report} == {"report.md", "report.json", "ratio.png"}
     record = json.loads((tmp_path / "cmp" / "report.json").read_text())
     ranked = [r["ratio"]["overall"] for r in record["ranking"]]
-    assert ranked == sorted(ranked) and len(ranked) == 2
-    for name in ("zero", "subword"):
-        assert (tmp_path / "cmp" / name / "transplant.json").is_file()
+    assert ranked == sorted(ranked) and len(ranked) == 3
+    assert '"subword_weighting": "first"' in (tmp_path / "cmp" / "subword_subword-weighting=first" / "transplant.json").read_text()
+    for name in methods:
+        assert (tmp_path / "cmp" / name.replace(":", "_") / "transplant.json").is_file()
         assert record["methods"][name]["overall"]["bytes"] == record["base"]["overall"]["bytes"]
         assert set(record["ranking"][0]["ratio"]) == {"de", "en", "overall"}
         assert "counts" in record["transplants"][name]
@@ -281,6 +284,9 @@ def test_compare_rejects_unknown_method_before_work(tiny_base: Path, sp_model: P
                            corpus=jsonl_corpus, out=tmp_path / "cmp")
     with pytest.raises(UserError, match="nope"):
         compare(config)
+    for bad, message in (("subword:oops", "key=value"), ("subword:k=8", "unknown option")):
+        with pytest.raises(UserError, match=message):
+            compare(dataclasses.replace(config, methods=("zero", bad)))
     assert not (tmp_path / "cmp").exists()
 
 

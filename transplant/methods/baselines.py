@@ -21,6 +21,17 @@ def mean_rows(ctx: Context, which: Which, count: int) -> torch.Tensor:
     return base.mean(dim=0, keepdim=True).expand(count, -1).clone()
 
 
+def mix_rows(rows: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """(n, d): each output row is sum_j weights[i, j] * rows[ids[i, j]]; ids < 0 are padding
+    (give them weight 0). In chunks of targets, because the (n, L, d) gather of all at once
+    can take tens of GB (216k tokens x 64 anchors x 576 floats is 32 GB)."""
+    parts = [
+        torch.einsum("nl,nld->nd", w, rows[i.clamp(min=0)])
+        for i, w in zip(ids.split(chunk), weights.to(rows.dtype).split(chunk))
+    ]
+    return torch.cat(parts) if parts else rows.new_zeros(0, rows.shape[1])
+
+
 def subword_rows(
     ctx: Context,
     which: Which,
@@ -49,8 +60,7 @@ def subword_rows(
         else:
             weights = present.float()
         total = weights.sum(dim=1, keepdim=True)
-        rows = torch.einsum("nl,nld->nd", weights, base[pieces.clamp(min=0)])
-        out[start : start + len(pieces)] = rows / total.clamp(min=1e-12)
+        out[start : start + len(pieces)] = mix_rows(base, pieces, weights / total.clamp(min=1e-12))
         empty = total.squeeze(1) == 0
         if empty.any():
             out[start : start + len(pieces)][empty] = mean_rows(ctx, which, int(empty.sum()))

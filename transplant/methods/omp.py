@@ -27,7 +27,7 @@ import torch
 
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
-from transplant.methods.baselines import subword_rows
+from transplant.methods.baselines import mix_rows, subword_rows
 from transplant.methods.registry import register
 from transplant.omp import OmpResult, batch_omp
 
@@ -57,9 +57,6 @@ def _validate(options: OmpOptions, num_anchors: int) -> None:
         raise UserError(f"omp: --fallback-threshold is a relative residual in [0, 1], got {options.fallback_threshold}")
 
 
-_CHUNK = 8192  # targets whose anchor rows are gathered at once
-
-
 def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.Tensor, OmpResult]:
     """Base rows for the donor rows ``targets`` (n, d_donor), and the OMP result behind them.
 
@@ -76,10 +73,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
     result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed)
-    rows = torch.cat([  # in chunks: all (n, k, d) gathered anchor rows at once can be tens of GB
-        torch.einsum("nk,nkd->nd", coeffs, images[indices])
-        for coeffs, indices in zip(result.coeffs.split(_CHUNK), result.indices.split(_CHUNK))
-    ] or [images[:0]])
+    rows = mix_rows(images, result.indices, result.coeffs)
     if options.center:
         rows += base_mean
     return rows, result

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
-from transplant.methods.baselines import mean_rows
+from transplant.methods.baselines import mean_rows, mix_rows
 from transplant.methods.registry import register
 from transplant.neighbors import Index
 from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
@@ -185,8 +185,8 @@ def apply_plan(ctx: Context, which: Which, plan: Plan, global_weight: float, bat
     rows = torch.empty(len(plan.local_ids), base.shape[1], device=ctx.device)
     for start in range(0, len(rows), batch_size):
         part = slice(start, start + batch_size)
-        local = torch.einsum("nl,nld->nd", plan.local_w[part], base[plan.local_ids[part].clamp(min=0)])
-        global_ = torch.einsum("nk,nkd->nd", plan.global_w[part], base[plan.global_ids[part].clamp(min=0)])
+        local = mix_rows(base, plan.local_ids[part], plan.local_w[part])
+        global_ = mix_rows(base, plan.global_ids[part], plan.global_w[part])
         has_local, has_global = plan.local_w[part].sum(1) > 0, plan.global_w[part].sum(1) > 0
         rows[part] = hybrid(local, has_local, global_, has_global, global_weight)
         neither = ~(has_local | has_global)
