@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=2000)
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--pool", type=int, nargs="+", default=[0, 64, 256])
+    parser.add_argument("--ridge", type=float, nargs="+", default=[0.0, 0.01])
+    parser.add_argument("--center", choices=["off", "on", "both"], default="both")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -54,18 +56,19 @@ def main() -> None:
     def line(label: str, pred: torch.Tensor, residual: float, seconds: float) -> None:
         cos = torch.nn.functional.cosine_similarity(pred, truth, dim=1).mean()
         rel = ((pred - truth).norm(dim=1) / truth.norm(dim=1)).mean()
-        print(f"{label:28s} {cos:7.4f} {rel:8.4f} {residual:9.3f} {seconds:8.1f}")
+        print(f"{label:36s} {cos:7.4f} {rel:8.4f} {residual:9.3f} {seconds:8.1f}")
 
-    print(f"{'setting':28s} {'cosine':>7s} {'rel err':>8s} {'residual':>9s} {'seconds':>8s}")
+    print(f"{'setting':36s} {'cosine':>7s} {'rel err':>8s} {'residual':>9s} {'seconds':>8s}")
     line("mean row", images.mean(dim=0).expand_as(truth), float("nan"), 0.0)
-    for pool, center, k in itertools.product(args.pool, (False, True), args.k):
-        if pool and pool < k:
+    centers = {"off": (False,), "on": (True,), "both": (False, True)}[args.center]
+    for pool, ridge, center, k in itertools.product(args.pool, args.ridge, centers, args.k):
+        if (pool and pool < k) or (ridge and not pool):
             continue
         donor_mean, base_mean = (atoms.mean(dim=0), images.mean(dim=0)) if center else (0.0, 0.0)
         start = time.perf_counter()
-        result = batch_omp(x - donor_mean, atoms - donor_mean, k, pool=pool, seed=args.seed)
+        result = batch_omp(x - donor_mean, atoms - donor_mean, k, pool=pool, seed=args.seed, ridge=ridge)
         pred = torch.einsum("nk,nkd->nd", result.coeffs, (images - base_mean)[result.indices]) + base_mean
-        line(f"k={k} pool={pool} center={center}", pred, float(result.rel_residual.mean()), time.perf_counter() - start)
+        line(f"k={k} pool={pool} ridge={ridge:g} center={center}", pred, float(result.rel_residual.mean()), time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -150,12 +150,30 @@ def test_large_problems_search_candidates_approximately_but_deterministically() 
     assert overlap > 0.8
 
 
+def test_ridge_keeps_near_duplicate_candidates_from_cancelling() -> None:
+    """A pool of near-copies of one direction: plain least squares splits the target into
+    huge opposite coefficients on copies (they cancel here, not in the base space); the ridge
+    keeps the total weight near the one it needs."""
+    g = torch.Generator().manual_seed(13)
+    direction = torch.randn(32, generator=g)
+    atoms = torch.cat([direction + 0.01 * torch.randn(64, 32, generator=g), torch.randn(200, 32, generator=g)])
+    targets = direction + 0.05 * torch.randn(20, 32, generator=g)
+    plain = batch_omp(targets, atoms, 16, pool=64)
+    ridged = batch_omp(targets, atoms, 16, pool=64, ridge=0.03)
+    assert plain.coeffs.abs().sum(dim=1).median() > 5
+    assert (ridged.coeffs.abs().sum(dim=1) < 2).all()
+    fit = torch.einsum("bk,bkd->bd", ridged.coeffs, atoms[ridged.indices])
+    torch.testing.assert_close(ridged.rel_residual, (targets - fit).norm(dim=1) / targets.norm(dim=1), rtol=1e-4, atol=1e-5)
+
+
 def test_bad_arguments() -> None:
     atoms = dictionary(10, 8, seed=0)
     with pytest.raises(ValueError):
         batch_omp(torch.randn(2, 8), atoms, 11)
     with pytest.raises(ValueError):
         batch_omp(torch.randn(2, 8), atoms, 4, pool=3)
+    with pytest.raises(ValueError):
+        batch_omp(torch.randn(2, 8), atoms, 4, ridge=0.1)  # ridge needs a pool
     assert batch_omp(torch.randn(0, 8), atoms, 4).indices.shape == (0, 4)
 
 
@@ -209,8 +227,10 @@ def test_method_shapes_determinism_and_transfer(match) -> None:
     assert rows.shape == (len(match.missing), 24) and torch.isfinite(rows).all()
     assert torch.equal(rows, Omp().init_rows(make_context(match, k=8), "input", match.missing))
     assert not torch.equal(rows, Omp().init_rows(ctx, "output", match.missing))
-    # A missing token whose donor row *is* a (dominant) anchor's row gets that anchor's base row.
+    # A missing token whose donor row *is* a (dominant) anchor's row gets that anchor's base row
+    # (exactly without ridge; the ridge shrinks the coefficient below 1).
     new_ids, base_ids = match.anchors
+    ctx = make_context(match, k=8, ridge=0.0)
     ctx.donor_input[new_ids[3]] *= 100
     ctx.donor_input[match.missing[0]] = ctx.donor_input[new_ids[3]]
     rows = Omp().init_rows(ctx, "input", match.missing)
@@ -245,6 +265,9 @@ def test_user_errors(match) -> None:
     for pool in (4, -1):
         with pytest.raises(UserError, match="pool"):
             Omp().init_rows(make_context(match, k=8, pool=pool), "input", match.missing)
+    for bad in ({"ridge": -1.0}, {"ridge": 0.1, "pool": 0}):
+        with pytest.raises(UserError, match="ridge"):
+            Omp().init_rows(make_context(match, k=8, **bad), "input", match.missing)
     no_anchors = dataclasses.replace(match, copy_new=match.copy_new[:0], copy_base=match.copy_base[:0])
     with pytest.raises(UserError, match="share no tokens"):
         Omp().init_rows(make_context(no_anchors), "input", match.missing)

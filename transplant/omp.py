@@ -77,7 +77,11 @@ def candidate_pools(targets: torch.Tensor, atoms: torch.Tensor, size: int, seed:
     mean = atoms.mean(dim=0)
     exact = len(targets) * len(atoms) <= _EXACT_SEARCH_PAIRS
     index = Index(atoms - mean, normalize=True, exact_limit=len(atoms) if exact else 0, seed=seed)
-    return index.search(targets - mean, size)[1]
+    ids = index.search(targets - mean, size)[1]
+    short = (ids < 0).any(dim=1)  # IVF found fewer than ``size`` in the lists it probed
+    if short.any():
+        ids[short] = Index(atoms - mean, normalize=True, exact_limit=len(atoms)).search((targets - mean)[short], size)[1]
+    return ids
 
 
 def batch_omp(
@@ -87,22 +91,29 @@ def batch_omp(
     pool: int = 0,
     batch_size: int = 0,
     seed: int = 0,
+    ridge: float = 0.0,
 ) -> OmpResult:
     """OMP of every row of ``targets`` (B, D) over the rows of ``atoms`` (N, D).
 
     ``pool`` = 0 is exact OMP over all atoms; M > 0 restricts each target to its M candidate
     atoms (see the module docstring; M ≥ N is exact too). ``batch_size`` = 0 adapts to RAM;
-    ``seed`` seeds the approximate candidate search used for very large problems."""
+    ``seed`` seeds the approximate candidate search used for very large problems. ``ridge``
+    (pooled only) refits by ridge regression, adding ``ridge`` times the mean squared atom
+    norm to the Gram diagonal: near-duplicate candidates then cannot take huge cancelling
+    coefficients (which transfer as huge rows, since they cancel only in the donor space)."""
     num_atoms, dim = atoms.shape
     if not 1 <= k <= num_atoms:
         raise ValueError(f"cannot pick {k} atoms out of {num_atoms}")
     if pool and pool < k:
         raise ValueError(f"a pool of {pool} candidates cannot supply {k} atoms")
+    if ridge < 0 or (ridge and not pool):
+        raise ValueError(f"ridge must be >= 0 and needs a pool, got ridge={ridge} with pool={pool}")
     atoms = atoms.to(torch.float32)
     targets = targets.to(atoms)
     shared = not pool or pool >= num_atoms
     pools = None if shared else candidate_pools(targets, atoms, pool, seed)
     gram = atoms.double() @ atoms.double().T if pool >= num_atoms else None
+    lam = ridge * float(atoms.double().pow(2).sum(dim=1).mean())
     batch_size = batch_size or auto_batch_size(num_atoms, dim, k, min(pool, num_atoms))
     parts = []
     for start in range(0, len(targets), batch_size):
@@ -111,10 +122,10 @@ def batch_omp(
             ids = pools[start : start + batch_size]
             chosen = atoms[ids]
             gram_rows = torch.bmm(chosen, chosen.transpose(1, 2))  # float32: half the time of float64
-            result = _pooled(x, torch.einsum("bmd,bd->bm", chosen, x), gram_rows, k, _PIVOT_TOL_FLOAT32)
+            result = _pooled(x, torch.einsum("bmd,bd->bm", chosen, x), gram_rows, k, lam, _PIVOT_TOL_FLOAT32)
             result.indices = ids.gather(1, result.indices)
         elif gram is not None:
-            result = _pooled(x, x.double() @ atoms.double().T, gram.expand(len(x), -1, -1), k)
+            result = _pooled(x, x.double() @ atoms.double().T, gram.expand(len(x), -1, -1), k, lam)
         else:
             result = _exact(x, atoms, k)
         parts.append(result)
@@ -157,10 +168,16 @@ class _Factor:
         self.live = ok & (self.res2 > _RESIDUAL_TOL**2 * self.norm2)
         return torch.where(ok, 1.0 / p, 0.0), z_t
 
-    def result(self) -> OmpResult:
-        coeffs = torch.linalg.solve_triangular(self.chol.mT, self.z[:, :, None], upper=True).squeeze(-1)
-        rel = (self.res2.clamp(min=0) / self.norm2.clamp(min=1e-300)).sqrt()
-        return OmpResult(self.picked, coeffs.float(), rel.float())
+    def coefficients(self) -> torch.Tensor:
+        """(B, k) float64: c = L⁻ᵀz, the least-squares coefficients of the picks."""
+        return torch.linalg.solve_triangular(self.chol.mT, self.z[:, :, None], upper=True).squeeze(-1)
+
+    def result(self, res2: torch.Tensor | None = None) -> OmpResult:
+        """The picks, coefficients and relative residual (from ``res2``, the squared residual
+        norms, where the caller knows them better than the running ``self.res2``)."""
+        res2 = self.res2 if res2 is None else res2
+        rel = (res2.clamp(min=0) / self.norm2.clamp(min=1e-300)).sqrt()
+        return OmpResult(self.picked, self.coefficients().float(), rel.float())
 
 
 def _exact(x: torch.Tensor, atoms: torch.Tensor, k: int) -> OmpResult:
@@ -183,14 +200,21 @@ def _exact(x: torch.Tensor, atoms: torch.Tensor, k: int) -> OmpResult:
     return factor.result()
 
 
-def _pooled(x: torch.Tensor, alpha0: torch.Tensor, gram: torch.Tensor, k: int, pivot_tol: float = _PIVOT_TOL) -> OmpResult:
+def _pooled(
+    x: torch.Tensor, alpha0: torch.Tensor, gram: torch.Tensor, k: int, lam: float = 0.0, pivot_tol: float = _PIVOT_TOL
+) -> OmpResult:
     """OMP over each target's own M candidates, given their inner products with the target
     ``alpha0`` (B, M) and their Gram matrix ``gram`` (B, M, M). The directions are kept as
     their inner products with the candidates (B, k, M), so a pick's coordinates w are a
-    gather and the correlations update by one rank-1 step: O(M·t) per step, no D."""
+    gather and the correlations update by one rank-1 step: O(M·t) per step, no D.
+
+    ``lam`` > 0 is ridge regression done as plain OMP over augmented atoms [a_i, √λ·e_i]
+    (target [x, 0]): their Gram matrix is G + λI and their inner products with the target
+    and with unpicked atoms' residual are unchanged, so only the picked atom's own Gram entry
+    gains λ. The reported residual is the plain one, ||x - A_S c||."""
     rows = torch.arange(len(x), device=x.device)
     factor = _Factor(x, k, pivot_tol)
-    corr = alpha0.double()  # candidates · residual
+    corr = alpha0.to(torch.float64, copy=True)  # candidates · residual
     projections = torch.zeros(len(x), k, alpha0.shape[1], dtype=torch.float64, device=x.device)
     taken = torch.zeros_like(alpha0, dtype=torch.bool)
     for t in range(k):
@@ -198,8 +222,13 @@ def _pooled(x: torch.Tensor, alpha0: torch.Tensor, gram: torch.Tensor, k: int, p
         taken[rows, j] = True
         w = projections[rows, :t, j]
         column = gram[rows, j].double()
+        column[rows, j] += lam
         scale, z_t = factor.add(t, j, w, column[rows, j], corr[rows, j])
         h = (column - torch.bmm(w[:, None, :], projections[:, :t]).squeeze(1)) * scale[:, None]
         projections[:, t] = h
         corr -= h * z_t[:, None]
-    return factor.result()
+    picked, coeffs = factor.picked, factor.coefficients()
+    gram_s = gram[rows[:, None, None], picked[:, :, None], picked[:, None, :]].double()
+    res2 = factor.norm2 - 2 * (coeffs * alpha0.gather(1, picked).double()).sum(1)
+    res2 += torch.einsum("bi,bij,bj->b", coeffs, gram_s, coeffs)
+    return factor.result(res2)
