@@ -17,11 +17,16 @@ Two ways to run it, chosen by ``pool``:
   inner products with the target, every step is O(M·t) work in coefficient space and never
   touches the D-dimensional vectors again. With M ≥ N the pool is every atom and the result is
   exact OMP again. Why a pool and not the full N×N Gram matrix: N ≫ D for vocabularies, so the
-  full G is gigabytes and each update a memory-bound pass over it. Why the pool does not cost
-  quality: coefficients are transferred to another embedding space, and far-away atoms that
-  exact OMP picks to cancel the last bits of the residual carry noise, not meaning; restricted
-  to nearby anchors the transfer is *better* (locality-constrained coding). Measured in
-  ``benchmarks/omp_quality.py``.
+  full G is gigabytes and each update a memory-bound pass over it. What the pool costs in
+  quality: little, because coefficients are transferred to another embedding space, where the
+  far-away atoms that exact OMP adds to cancel the last bits of the residual carry noise
+  rather than meaning (held-out anchors transfer better from the pool, see
+  ``benchmarks/omp_quality.py``; perplexity is equal or better on European prose and code,
+  worse on CJK byte pieces, which the method's subword fallback covers). Nearest neighbours
+  are often near-copies of each other, though, and least squares then splits a target into
+  huge opposite coefficients that cancel in the donor space but not in the base space: the
+  pooled mode refits by ridge regression (``ridge``), which is plain OMP over augmented atoms
+  [a_i, √λ·e_i], i.e. G + λI in Gram form.
 
 Both keep the same bookkeeping (:class:`_Factor`): each pick a_j is split into its part along
 the earlier picks (w = Qᵀa_j) and a new orthonormal direction q = (a_j - Q w)/p; then L (rows
@@ -113,7 +118,7 @@ def batch_omp(
     shared = not pool or pool >= num_atoms
     pools = None if shared else candidate_pools(targets, atoms, pool, seed)
     gram = atoms.double() @ atoms.double().T if pool >= num_atoms else None
-    lam = ridge * float(atoms.double().pow(2).sum(dim=1).mean())
+    lam = ridge * float(atoms.pow(2).sum(dim=1).mean())
     batch_size = batch_size or auto_batch_size(num_atoms, dim, k, min(pool, num_atoms))
     parts = []
     for start in range(0, len(targets), batch_size):

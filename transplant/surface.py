@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
@@ -66,6 +66,15 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def byte_ids(self) -> dict[int, int]:
+        """Byte value -> the id that stands for that one raw byte (a byte-level character
+        or a ``<0xNN>`` piece). Cached: decompositions ask for it per token."""
+        if self.scheme == "byte_level":
+            chars = byte_decoder()
+            return {chars[t]: i for i, t in enumerate(self.tokens) if t in chars}
+        return {self.surfaces[i][0]: i for i, is_byte in enumerate(self.byte_fallback) if is_byte}
 
 
 def _json(tokenizer: PreTrainedTokenizerBase) -> dict:

@@ -68,21 +68,6 @@ class VocabMatch:
         return out
 
 
-def _byte_ids(base_tokenizer: PreTrainedTokenizerBase, vocab: Vocabulary) -> dict[int, int]:
-    """Base ids that stand for single raw bytes (byte-level characters or ``<0xNN>``)."""
-    ids: dict[int, int] = {}
-    if vocab.scheme == "byte_level":
-        lookup = base_tokenizer.get_vocab()
-        for b, ch in byte_encoder().items():
-            if ch in lookup:
-                ids[b] = lookup[ch]
-    else:
-        for i, is_byte in enumerate(vocab.byte_fallback):
-            if is_byte:
-                ids[vocab.surfaces[i][0]] = i
-    return ids
-
-
 def encode_bytes(base_tokenizer: PreTrainedTokenizerBase, vocab: Vocabulary, surface: bytes) -> list[int]:
     """Tokenize raw surface bytes with the base tokenizer's model alone.
 
@@ -100,18 +85,14 @@ def encode_bytes(base_tokenizer: PreTrainedTokenizerBase, vocab: Vocabulary, sur
     elif vocab.scheme == "metaspace":
         text = text.replace(" ", "\u2581")
     ids: list[int] = []
-    byte_ids: dict[int, int] | None = None
     run = ""
     for ch in text + "\0":
         if "\udc80" <= ch <= "\udcff" or ch == "\0":
             if run:
                 ids.extend(t.id for t in model.tokenize(run))
                 run = ""
-            if ch != "\0":
-                if byte_ids is None:
-                    byte_ids = _byte_ids(base_tokenizer, vocab)
-                if ord(ch) - 0xDC00 in byte_ids:
-                    ids.append(byte_ids[ord(ch) - 0xDC00])
+            if ch != "\0" and ord(ch) - 0xDC00 in vocab.byte_ids:
+                ids.append(vocab.byte_ids[ord(ch) - 0xDC00])
         else:
             run += ch
     return ids
