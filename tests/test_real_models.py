@@ -37,3 +37,22 @@ def test_smollm2_onto_gemma3_tokenizer_with_subword(tmp_path: Path) -> None:
     assert "Paris" in greedy(out, "The capital of France is")
     reply = greedy(out, "What is the capital of France?", chat=True)
     assert "Paris" in reply and reply.rstrip().endswith("<|im_end|>")
+
+
+def test_smollm2_onto_gemma3_tokenizer_with_omp(tmp_path: Path) -> None:
+    """The README's main job: OMP from the tokenizer's own model (the donor defaults to it).
+    New rows must look like embedding rows: a pooled fit without the ridge once gave rows 20x
+    longer than any base row, which wrecked perplexity through the tied output layer and
+    failed nothing else."""
+    from transplant.checkpoint import read_embeddings
+    from transplant.sources import resolve_model
+
+    out = tmp_path / "smollm2-gemma3-omp"
+    result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out, method="omp"))
+    assert result.counts["initialized"] > 200_000
+    assert json.loads((out / "transplant.json").read_text())["donor"] == "gemma3-270m"
+    base_norms = read_embeddings(resolve_model("smollm2-135m")).input.float().norm(dim=1)
+    rows = read_embeddings(out).input.float()
+    assert torch.isfinite(rows).all()
+    assert rows.norm(dim=1).max() < 2 * base_norms.max()  # copied rows pass trivially; new ones must too
+    assert "Paris" in greedy(out, "The capital of France is")

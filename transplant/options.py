@@ -92,6 +92,8 @@ def describe(options_cls: type) -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(options_cls):
         kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]: None = the method decides
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         shown = "|".join(map(str, typing.get_args(kind))) if typing.get_origin(kind) is Literal else getattr(kind, "__name__", str(kind))
-        rows.append((_flag(f.name), shown, repr(f.default)))
+        rows.append((_flag(f.name), shown, "auto" if f.default is None else repr(f.default)))
     return rows
