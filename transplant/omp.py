@@ -80,12 +80,13 @@ def candidate_pools(targets: torch.Tensor, atoms: torch.Tensor, size: int, seed:
     first. Centered because raw embeddings share a dominant direction that makes every atom
     look alike. Exact search while it is cheap, else FAISS IVF (seeded, so deterministic)."""
     mean = atoms.mean(dim=0)
+    centered, queries = atoms - mean, targets - mean
     exact = len(targets) * len(atoms) <= _EXACT_SEARCH_PAIRS
-    index = Index(atoms - mean, normalize=True, exact_limit=len(atoms) if exact else 0, seed=seed)
-    ids = index.search(targets - mean, size)[1]
+    index = Index(centered, normalize=True, exact_limit=len(atoms) if exact else 0, seed=seed)
+    ids = index.search(queries, size)[1]
     short = (ids < 0).any(dim=1)  # IVF found fewer than ``size`` in the lists it probed
     if short.any():
-        ids[short] = Index(atoms - mean, normalize=True, exact_limit=len(atoms)).search((targets - mean)[short], size)[1]
+        ids[short] = Index(centered, normalize=True, exact_limit=len(atoms)).search(queries[short], size)[1]
     return ids
 
 
@@ -117,7 +118,8 @@ def batch_omp(
     targets = targets.to(atoms)
     shared = not pool or pool >= num_atoms
     pools = None if shared else candidate_pools(targets, atoms, pool, seed)
-    gram = atoms.double() @ atoms.double().T if pool >= num_atoms else None
+    atoms64 = atoms.double() if pool >= num_atoms else None  # every atom is a candidate: one shared Gram
+    gram = atoms64 @ atoms64.T if atoms64 is not None else None
     lam = ridge * float(atoms.pow(2).sum(dim=1).mean())
     batch_size = batch_size or auto_batch_size(num_atoms, dim, k, min(pool, num_atoms))
     parts = []
@@ -130,7 +132,7 @@ def batch_omp(
             result = _pooled(x, torch.einsum("bmd,bd->bm", chosen, x), gram_rows, k, lam, _PIVOT_TOL_FLOAT32)
             result.indices = ids.gather(1, result.indices)
         elif gram is not None:
-            result = _pooled(x, x.double() @ atoms.double().T, gram.expand(len(x), -1, -1), k, lam)
+            result = _pooled(x, x.double() @ atoms64.T, gram.expand(len(x), -1, -1), k, lam)
         else:
             result = _exact(x, atoms, k)
         parts.append(result)
@@ -177,12 +179,14 @@ class _Factor:
         """(B, k) float64: c = L⁻ᵀz, the least-squares coefficients of the picks."""
         return torch.linalg.solve_triangular(self.chol.mT, self.z[:, :, None], upper=True).squeeze(-1)
 
-    def result(self, res2: torch.Tensor | None = None) -> OmpResult:
-        """The picks, coefficients and relative residual (from ``res2``, the squared residual
-        norms, where the caller knows them better than the running ``self.res2``)."""
+    def result(self, coeffs: torch.Tensor | None = None, res2: torch.Tensor | None = None) -> OmpResult:
+        """The picks, coefficients and relative residual. A caller that already solved for
+        ``coeffs`` passes them, and ``res2`` (squared residual norms) where it knows them
+        better than the running ``self.res2``."""
+        coeffs = self.coefficients() if coeffs is None else coeffs
         res2 = self.res2 if res2 is None else res2
         rel = (res2.clamp(min=0) / self.norm2.clamp(min=1e-300)).sqrt()
-        return OmpResult(self.picked, self.coefficients().float(), rel.float())
+        return OmpResult(self.picked, coeffs.float(), rel.float())
 
 
 def _exact(x: torch.Tensor, atoms: torch.Tensor, k: int) -> OmpResult:
@@ -236,4 +240,4 @@ def _pooled(
     gram_s = gram[rows[:, None, None], picked[:, :, None], picked[:, None, :]].double()
     res2 = factor.norm2 - 2 * (coeffs * alpha0.gather(1, picked).double()).sum(1)
     res2 += torch.einsum("bi,bij,bj->b", coeffs, gram_s, coeffs)
-    return factor.result(res2)
+    return factor.result(coeffs, res2)

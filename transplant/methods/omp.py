@@ -45,10 +45,17 @@ class OmpOptions:
     fallback_threshold: Optional[float] = None
 
 
-DEFAULT_RIDGE = 0.03  # with a pool; best of 0-0.1 on held-out anchors, and no blown-up rows
-# Relative residual above which --fallback subword takes over: 0.3 was best for exact OMP;
-# pooled residuals run higher (fewer candidates), and 0.55 picks the same ~38% of tokens.
-DEFAULT_THRESHOLD = {"exact": 0.3, "pooled": 0.55}
+# Defaults of the options left at None, by mode (exact = --pool 0). Ridge: best of 0-0.1 on
+# held-out anchors with a pool, and no blown-up rows; exact OMP has none (mergekit's result).
+# Fallback threshold: 0.3 was best for exact OMP; pooled residuals run higher (fewer
+# candidates), and 0.55 sends the same ~38% of tokens to subword.
+AUTO = {"ridge": {"exact": 0.0, "pooled": 0.03}, "fallback_threshold": {"exact": 0.3, "pooled": 0.55}}
+
+
+def _auto(options: OmpOptions, name: str) -> float:
+    """The option's value, or its default for the mode when left at None."""
+    value = getattr(options, name)
+    return AUTO[name]["pooled" if options.pool else "exact"] if value is None else value
 
 
 def _validate(options: OmpOptions, num_anchors: int) -> None:
@@ -83,8 +90,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    ridge = options.ridge if options.ridge is not None else (DEFAULT_RIDGE if options.pool else 0.0)
-    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, ridge)
+    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, _auto(options, "ridge"))
     rows = mix_rows(images, result.indices, result.coeffs)
     if options.center:
         rows += base_mean
@@ -107,10 +113,7 @@ class Omp(MethodBase):
         out[in_donor] = rows
         use_subword = ~in_donor
         if options.fallback == "subword":
-            threshold = options.fallback_threshold
-            if threshold is None:
-                threshold = DEFAULT_THRESHOLD["pooled" if options.pool else "exact"]
-            use_subword[in_donor] = result.rel_residual.to(ctx.device) > threshold
+            use_subword[in_donor] = result.rel_residual.to(ctx.device) > _auto(options, "fallback_threshold")
         if use_subword.any():
             out[use_subword] = subword_rows(ctx, which, missing[use_subword])
         return out
