@@ -44,6 +44,21 @@ class OmpOptions:
     fallback: Literal["none", "subword"] = "subword"
     fallback_threshold: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        """Checks that need no model, so a bad flag fails before anything is loaded."""
+        if self.k < 1:
+            raise UserError(f"omp: --k must be at least 1, got {self.k}")
+        if self.ridge is not None and (self.ridge < 0 or (self.ridge and not self.pool)):
+            raise UserError(f"omp: --ridge must be >= 0, and 0 with --pool 0 (exact OMP), got {self.ridge}")
+        if self.pool < 0:
+            raise UserError(f"omp: --pool must be 0 (all anchors) or at least --k ({self.k}), got {self.pool}")
+        if self.batch_size < 0:
+            raise UserError(f"omp: --batch-size must be >= 0 (0 adapts to RAM), got {self.batch_size}")
+        if self.fallback not in ("none", "subword"):
+            raise UserError(f"omp: --fallback must be none or subword, got {self.fallback!r}")
+        if self.fallback_threshold is not None and not 0.0 <= self.fallback_threshold <= 1.0:
+            raise UserError(f"omp: --fallback-threshold is a relative residual in [0, 1], got {self.fallback_threshold}")
+
 
 # Defaults of the options left at None, by mode (exact = --pool 0). Ridge: best of 0-0.1 on
 # held-out anchors with a pool, and no blown-up rows; exact OMP has none (mergekit's result).
@@ -59,20 +74,14 @@ def _auto(options: OmpOptions, name: str) -> float:
 
 
 def _validate(options: OmpOptions, num_anchors: int) -> None:
+    """The checks that need the anchors (k against the pool after k against the anchors, so
+    a k too large names the anchor count); the rest run when the options are built."""
     if num_anchors == 0:
         raise UserError("omp: the donor and base vocabularies share no tokens to use as anchors")
-    if options.k < 1 or options.k > num_anchors:
+    if options.k > num_anchors:
         raise UserError(f"omp: --k must be between 1 and the number of anchors ({num_anchors}), got {options.k}")
-    if options.ridge is not None and (options.ridge < 0 or (options.ridge and not options.pool)):
-        raise UserError(f"omp: --ridge must be >= 0, and 0 with --pool 0 (exact OMP), got {options.ridge}")
-    if options.pool < 0 or (options.pool and options.pool < options.k):
+    if options.pool and options.pool < options.k:
         raise UserError(f"omp: --pool must be 0 (all anchors) or at least --k ({options.k}), got {options.pool}")
-    if options.batch_size < 0:
-        raise UserError(f"omp: --batch-size must be >= 0 (0 adapts to RAM), got {options.batch_size}")
-    if options.fallback not in ("none", "subword"):
-        raise UserError(f"omp: --fallback must be none or subword, got {options.fallback!r}")
-    if options.fallback_threshold is not None and not 0.0 <= options.fallback_threshold <= 1.0:
-        raise UserError(f"omp: --fallback-threshold is a relative residual in [0, 1], got {options.fallback_threshold}")
 
 
 def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.Tensor, OmpResult]:
