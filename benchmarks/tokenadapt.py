@@ -21,7 +21,8 @@ import torch
 from transplant.checkpoint import read_embeddings
 from transplant.methods.base import Context
 from transplant.methods.tokenadapt import TokenAdaptOptions, apply_plan, build_plan
-from transplant.sources import load_tokenizer, resolve_model
+from transplant.sources import resolve_model
+from transplant.tokenizer import load_tokenizer
 from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
 from transplant.vocab import match_vocabularies
 

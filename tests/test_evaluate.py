@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
+from cli import app
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.cli_eval import evaluate as evaluate_command
 from transplant.compare import CompareConfig, compare
 from transplant.errors import UserError
 from transplant.evaluate import (
@@ -246,10 +245,8 @@ def jsonl_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_command_against_itself(tiny_base: Path, jsonl_corpus: Path, tmp_path: Path):
-    app = typer.Typer()
-    app.command()(evaluate_command)
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, [str(tiny_base), "--base", str(tiny_base), "--corpus", str(jsonl_corpus),
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_base), "--base", str(tiny_base), "--corpus", str(jsonl_corpus),
                                       "--batch-size", "3", "--json", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())

@@ -10,7 +10,7 @@ import torch
 from conftest import bpe_tokenizer
 from transplant.methods import registry
 from transplant.methods.base import Context
-from transplant.sources import load_tokenizer
+from transplant.tokenizer import load_tokenizer
 from transplant.vocab import match_vocabularies
 
 

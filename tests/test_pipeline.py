@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import bpe_tokenizer, tiny_llama
 from transplant.checkpoint import weight_files
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.sources import load_tokenizer
+from transplant.tokenizer import load_tokenizer
 from transplant.vocab import match_vocabularies
 
 

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import bpe_tokenizer, tiny_llama
 from transplant.errors import UserError
-from transplant.sources import load_tokenizer, resolve_model
+from transplant.sources import resolve_model
+from transplant.tokenizer import load_tokenizer
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.registry import get
 from transplant.methods.tokenadapt import TokenAdaptOptions, global_weights, hybrid, local_weights
-from transplant.sources import cache_dir
+from transplant.cache import cache_dir
 from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
 from transplant.vocab import match_vocabularies
 

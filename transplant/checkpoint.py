@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
+from transplant.atomic import atomic_path
 from transplant.errors import UserError
 
 
@@ -214,12 +212,6 @@ def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreT
     generation.save_pretrained(out_dir)
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
-
-
 def export(
     base_dir: Path,
     out: Path,
@@ -229,27 +221,14 @@ def export(
     record: dict[str, Any],
     force: bool = False,
 ) -> Path:
-    """Write the patched checkpoint to ``out`` atomically.
-
-    Everything goes to ``OUT.tmp-<pid>`` first and is renamed into place at the end, so an
-    interrupted run never leaves a half-written OUT (and never destroys an existing one).
-    """
+    """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.atomic`):
+    an interrupted run never leaves a half-written OUT, and never destroys an existing one."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+    with atomic_path(out, replace=force) as tmp:
+        tmp.mkdir()
         write_weights(base_dir, tmp, replace)
         write_config(base_dir, tmp, vocab_size, tokenizer)
         tokenizer.save_pretrained(tmp)
         (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
-        _fsync_tree(tmp)
-        if out.exists():
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            cleanup.callback(shutil.rmtree, old, ignore_errors=True)
-        os.replace(tmp, out)
     return out

@@ -19,7 +19,8 @@ from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
 from transplant.options import build_options
 from transplant.progress import Stages
-from transplant.sources import load_tokenizer, resolve_model
+from transplant.sources import resolve_model
+from transplant.tokenizer import load_tokenizer
 from transplant.vocab import VocabMatch, match_vocabularies
 
 

