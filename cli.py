@@ -41,20 +41,6 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _recipe(path: Optional[Path]) -> dict[str, Any]:
-    if path is None:
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: unreadable recipe ({type(e).__name__})") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a YAML mapping")
-    return data
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def model(
@@ -78,13 +64,14 @@ def model(
     from transplant.options import parse_flags
     from transplant.pipeline import TransplantConfig, transplant
     from transplant.progress import Stages
+    from transplant.recipe import load_recipe
 
-    spec = _recipe(recipe)
-    chosen = method or spec.get("method", "subword")
-    options = {**spec.get("options", {}), **parse_flags(registry.get(chosen).Options, ctx.args)}
-    base_ref = base or spec.get("base")
-    tokenizer_ref = tokenizer or spec.get("tokenizer")
-    out_dir = out or (Path(spec["out"]) if "out" in spec else None)
+    spec = load_recipe(recipe)
+    chosen = method or spec.method or "subword"
+    options = {**spec.options, **parse_flags(registry.get(chosen).Options, ctx.args)}
+    base_ref = base or spec.base
+    tokenizer_ref = tokenizer or spec.tokenizer
+    out_dir = out or (Path(spec.out) if spec.out else None)
     if not base_ref or not tokenizer_ref or out_dir is None:
         raise UserError("need BASE, --tokenizer and -o OUT (on the command line or in --recipe)")
     config = TransplantConfig(
@@ -93,8 +80,8 @@ def model(
         out=out_dir,
         method=chosen,
         options=options,
-        donor=donor or spec.get("donor"),
-        seed=seed if seed is not None else int(spec.get("seed", 0)),
+        donor=donor or spec.donor,
+        seed=seed if seed is not None else spec.seed or 0,
         force=force,
         allow_pickle=allow_pickle,
         device=device,

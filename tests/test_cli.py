@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,37 @@ def test_recipe(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
     recipe.write_text(f"base: {base_model}\ntokenizer: {sp_model}\nmethod: subword\noptions:\n  subword_weighting: first\nout: {out}\n")
     assert run("model", "--recipe", str(recipe)).exit_code == 0
     assert '"subword_weighting": "first"' in (out / "transplant.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("- base\n- out\n", "YAML mapping"),
+        ("tokenizr: x\n", "unknown key 'tokenizr'"),
+        ("options: [k, 8]\n", "options must be a mapping"),
+        ("seed: abc\n", "seed must be an integer"),
+        ("seed: 1.5\n", "seed must be an integer"),
+        ("seed: true\n", "seed must be an integer"),
+        ("method: 3\n", "method must be a string"),
+        ("out: [a, b]\n", "out must be a string"),
+        ("donor: {a: 1}\n", "donor must be a string"),
+    ],
+)
+def test_bad_recipe_is_one_line_before_loading(sp_model: Path, tmp_path: Path, body: str, fragment: str) -> None:
+    """The recipe names a base that does not exist: the error must be about the recipe, so
+    it was checked before anything was loaded."""
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(body)
+    result = run("model", str(tmp_path / "no-base"), "-t", str(sp_model), "-o", str(out), "--recipe", str(recipe))
+    assert_user_error(result, out, fragment)
+
+
+def test_bad_method_option_fails_before_loading(sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("model", str(tmp_path / "no-base"), "-t", str(sp_model), "-o", str(out), "-m", "tokenadapt",
+                 "--temperature", "0")
+    assert_user_error(result, out, "--temperature")
 
 
 def test_methods_lists_registry() -> None:
@@ -143,10 +175,23 @@ def test_omp_from_a_donor_model(base_model: Path, donor_model: Path, tmp_path: P
     out = tmp_path / "out"
     result = run("model", str(base_model), "--tokenizer", str(donor_model), "--method", "omp", "--k", "8", "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert '"donor"' in (out / "transplant.json").read_text()
+    record = json.loads((out / "transplant.json").read_text())
+    assert record["donor"] == str(donor_model)  # defaulted to --tokenizer
+    assert (record["options"]["ridge"], record["options"]["fallback_threshold"]) == (0.03, 0.55)  # auto, as used
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == 420
+
+
+def test_omp_records_the_donor_given(base_model: Path, donor_model: Path, tmp_path: Path) -> None:
+    donor = shutil.copytree(donor_model, tmp_path / "donor")
+    out = tmp_path / "out"
+    result = run("model", str(base_model), "-t", str(donor_model), "--donor", str(donor), "-m", "omp", "--k", "8",
+                 "--pool", "0", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "transplant.json").read_text())
+    assert record["donor"] == str(donor) and record["tokenizer"] == str(donor_model)
+    assert (record["options"]["ridge"], record["options"]["fallback_threshold"]) == (0.0, 0.3)  # exact mode's auto
 
 
 def test_omp_bad_donor_and_options(base_model: Path, donor_model: Path, sp_model: Path, tmp_path: Path) -> None:

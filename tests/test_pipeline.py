@@ -51,10 +51,29 @@ def test_bpe_onto_sentencepiece(base_model: Path, sp_model: Path, tmp_path: Path
         new_rows, base_rows = get(model).detach(), get(base).detach()
         assert torch.equal(new_rows[match.copy_new], base_rows[match.copy_base])
         assert torch.isfinite(new_rows).all()
-    generated = model.generate(**tok("the house", return_tensors="pt"), max_new_tokens=5, do_sample=False)
-    assert generated.shape[1] > 2
+    prompt = tok("the house", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert_continues(generated, prompt.input_ids, len(tok))
     record = json.loads((out / "transplant.json").read_text())
     assert record["method"] == "subword" and record["counts"] == result.counts and record["tied"] == tied
+
+
+def assert_continues(generated: torch.Tensor, prompt: torch.Tensor, vocab: int) -> None:
+    """Generation kept the prompt, added tokens, and every added id is a token of the tokenizer
+    (an id among the zero padding rows, or past the tokenizer, would decode to nothing)."""
+    assert torch.equal(generated[:, : prompt.shape[1]], prompt)
+    continuation = generated[0, prompt.shape[1] :]
+    assert len(continuation) > 0 and int(continuation.max()) < vocab
+
+
+def test_record_has_every_stage_timing_and_the_total(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = transplant(TransplantConfig(base=str(base_model), tokenizer=str(sp_model), out=out))
+    timings = json.loads((out / "transplant.json").read_text())["timings"]
+    assert set(timings) == set(result.timings)
+    assert timings["writing checkpoint"] > 0
+    stages = sum(v for k, v in timings.items() if k != "total")
+    assert stages <= timings["total"] + 0.005 and timings["total"] <= result.timings["total"]  # rounded to ms
 
 
 def test_base_chat_template_is_kept(base_model: Path, sp_model: Path, tmp_path: Path) -> None:

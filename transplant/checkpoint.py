@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -218,11 +218,12 @@ def export(
     replace: dict[str, torch.Tensor],
     vocab_size: int,
     tokenizer: PreTrainedTokenizerBase,
-    record: dict[str, Any],
+    record: Callable[[], dict[str, Any]],
     force: bool = False,
 ) -> Path:
     """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.atomic`):
-    an interrupted run never leaves a half-written OUT, and never destroys an existing one."""
+    an interrupted run never leaves a half-written OUT, and never destroys an existing one.
+    ``record()`` is called after everything else is written, so transplant.json can time the writing."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
     with atomic_path(out, replace=force) as tmp:
@@ -230,5 +231,5 @@ def export(
         write_weights(base_dir, tmp, replace)
         write_config(base_dir, tmp, vocab_size, tokenizer)
         tokenizer.save_pretrained(tmp)
-        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
+        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str))
     return out

@@ -40,6 +40,9 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
         raise UserError(f"{_flag(name)} must be true or false, not {value!r}")
+    # int(8.5) is 8 and int(True) is 1: a recipe's `k: 8.5` or `k: true` is a mistake, not a number
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise UserError(f"{_flag(name)} must be {kind.__name__}, not {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -89,6 +89,13 @@ def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which,
     return rows
 
 
+def _timings_until_now(stages: Stages, running: dict[str, float]) -> dict[str, float]:
+    """The finished stages' timings, and each clock still running (name -> start) up to now.
+    transplant.json is the last file written, so only the final flush and rename escape it."""
+    now = time.perf_counter()
+    return {**stages.timings, **{name: round(now - start, 3) for name, start in running.items()}}
+
+
 def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> TransplantResult:
     """Give the base model of ``cfg`` the new tokenizer and write it to ``cfg.out``."""
     stages = stages or Stages()
@@ -152,9 +159,11 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         "chat_markers_added": added,
         "tied": embeddings.tied,
         "counts": counts,
-        "timings": stages.timings,
     }
-    with stages.run("writing checkpoint"):
-        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, record, cfg.force)
+    writing = "writing checkpoint"
+    running = {writing: time.perf_counter(), "total": started}
+    with stages.run(writing):
+        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer,
+               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))

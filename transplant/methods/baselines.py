@@ -7,12 +7,15 @@ they cannot place, so they are plain functions as well as registered methods.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 
+from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.registry import register
+
+Weighting = Literal["mean", "length", "first"]  # how subword_rows weighs a token's pieces
 
 
 def mean_rows(ctx: Context, which: Which, count: int) -> torch.Tensor:
@@ -36,7 +39,7 @@ def subword_rows(
     ctx: Context,
     which: Which,
     missing: torch.Tensor,
-    weighting: Literal["mean", "length", "first"] = "mean",
+    weighting: Weighting = "mean",
     batch_size: int = 4096,
 ) -> torch.Tensor:
     """FVT: each token's row is a weighted mean of the base rows of its decomposition.
@@ -99,7 +102,14 @@ class Random(MethodBase):
 
 @dataclass(frozen=True)
 class SubwordOptions:
-    subword_weighting: Literal["mean", "length", "first"] = "mean"
+    subword_weighting: Weighting = "mean"
+
+    def __post_init__(self) -> None:
+        """The flag parser checks the choice, but a library caller does not go through it,
+        and ``subword_rows`` would read an unknown weighting as the mean."""
+        if self.subword_weighting not in get_args(Weighting):
+            raise UserError(f"subword: --subword-weighting must be one of {', '.join(get_args(Weighting))}, "
+                            f"not {self.subword_weighting!r}")
 
 
 @register

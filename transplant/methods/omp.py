@@ -34,8 +34,20 @@ from transplant.methods.registry import register
 from transplant.omp import OmpResult, batch_omp
 
 
+# Defaults of the options left at None, by mode (exact = --pool 0). Ridge: best of 0-0.1 on
+# held-out anchors with a pool, and no blown-up rows; exact OMP has none (mergekit's result).
+# Fallback threshold: 0.3 was best for exact OMP; pooled residuals run higher (fewer
+# candidates), and 0.55 sends the same ~38% of tokens to subword.
+AUTO = {"ridge": {"exact": 0.0, "pooled": 0.03}, "fallback_threshold": {"exact": 0.3, "pooled": 0.55}}
+
+
 @dataclass(frozen=True)
 class OmpOptions:
+    """``ridge`` and ``fallback_threshold`` left at None (auto) take their mode's default
+    (:data:`AUTO`) when built, so an instance, and the transplant.json written from it, holds
+    the values used. Build a new instance rather than ``dataclasses.replace`` one to change
+    ``pool``: the resolved values would be carried over."""
+
     k: int = 64
     center: bool = False
     pool: int = 64
@@ -45,7 +57,7 @@ class OmpOptions:
     fallback_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
-        """Checks that need no model, so a bad flag fails before anything is loaded."""
+        """Checks that need no model, so a bad flag fails before anything is loaded; then auto values."""
         if self.k < 1:
             raise UserError(f"omp: --k must be at least 1, got {self.k}")
         if self.ridge is not None and (self.ridge < 0 or (self.ridge and not self.pool)):
@@ -58,19 +70,10 @@ class OmpOptions:
             raise UserError(f"omp: --fallback must be none or subword, got {self.fallback!r}")
         if self.fallback_threshold is not None and not 0.0 <= self.fallback_threshold <= 1.0:
             raise UserError(f"omp: --fallback-threshold is a relative residual in [0, 1], got {self.fallback_threshold}")
-
-
-# Defaults of the options left at None, by mode (exact = --pool 0). Ridge: best of 0-0.1 on
-# held-out anchors with a pool, and no blown-up rows; exact OMP has none (mergekit's result).
-# Fallback threshold: 0.3 was best for exact OMP; pooled residuals run higher (fewer
-# candidates), and 0.55 sends the same ~38% of tokens to subword.
-AUTO = {"ridge": {"exact": 0.0, "pooled": 0.03}, "fallback_threshold": {"exact": 0.3, "pooled": 0.55}}
-
-
-def _auto(options: OmpOptions, name: str) -> float:
-    """The option's value, or its default for the mode when left at None."""
-    value = getattr(options, name)
-    return AUTO[name]["pooled" if options.pool else "exact"] if value is None else value
+        mode = "pooled" if self.pool else "exact"
+        for name, defaults in AUTO.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[mode])  # frozen: the one write, at construction
 
 
 def _validate(options: OmpOptions, num_anchors: int) -> None:
@@ -99,7 +102,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, _auto(options, "ridge"))
+    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, options.ridge)
     rows = mix_rows(images, result.indices, result.coeffs)
     if options.center:
         rows += base_mean
@@ -122,7 +125,7 @@ class Omp(MethodBase):
         out[in_donor] = rows
         use_subword = ~in_donor
         if options.fallback == "subword":
-            use_subword[in_donor] = result.rel_residual.to(ctx.device) > _auto(options, "fallback_threshold")
+            use_subword[in_donor] = result.rel_residual.to(ctx.device) > options.fallback_threshold
         if use_subword.any():
             out[use_subword] = subword_rows(ctx, which, missing[use_subword])
         return out

@@ -7,6 +7,7 @@ editing a dispatch table.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 
@@ -16,6 +17,14 @@ from transplant.methods.base import Method
 _REGISTRY: dict[str, type[Method]] = {}
 _PLUGIN_PACKAGES = ("transplant.methods", "hypernet")
 
+# The long flags of `transplant model` (as option names). Method options are flags of the same
+# command, so an option named like one of these would be taken by the command and never reach
+# the method. tests/test_options.py checks this list against the command itself.
+COMMAND_FLAGS = frozenset({
+    "tokenizer", "out", "method", "donor", "seed", "device", "chat_template", "pad_to_multiple_of",
+    "recipe", "force", "allow_pickle", "json", "help",
+})
+
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
@@ -23,6 +32,10 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"{cls.__qualname__} has no name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"two methods are named {cls.name!r}")
+    clashes = sorted(f.name for f in dataclasses.fields(cls.Options) if f.name in COMMAND_FLAGS)
+    if clashes:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clashes)
+        raise ValueError(f"method {cls.name!r}: option {flags} is a flag of `transplant model`; rename it")
     _REGISTRY[cls.name] = cls
     return cls
 

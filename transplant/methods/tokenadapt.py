@@ -42,6 +42,17 @@ class TokenAdaptOptions:
     aux_model: str | None = None
     batch_size: int = 4096
 
+    def __post_init__(self) -> None:
+        """Checks that need no model, so a bad flag fails before anything is loaded."""
+        if self.temperature <= 0:
+            raise UserError(f"tokenadapt: --temperature must be positive, not {self.temperature}")
+        if self.top_k < 1:
+            raise UserError(f"tokenadapt: --top-k must be at least 1, not {self.top_k}")
+        if not 0 <= self.global_weight <= 1:
+            raise UserError(f"tokenadapt: --global-weight must be between 0 and 1, not {self.global_weight}")
+        if self.batch_size < 1:
+            raise UserError(f"tokenadapt: --batch-size must be at least 1, not {self.batch_size}")
+
 
 def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Softmax over the kept entries of each row; rows with nothing kept are all zero."""
@@ -93,17 +104,6 @@ class Plan:
     local_w: torch.Tensor
     global_ids: torch.Tensor
     global_w: torch.Tensor
-
-
-def _check(options: TokenAdaptOptions) -> None:
-    if options.temperature <= 0:
-        raise UserError(f"--temperature must be positive, not {options.temperature}")
-    if options.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, not {options.top_k}")
-    if not 0 <= options.global_weight <= 1:
-        raise UserError(f"--global-weight must be between 0 and 1, not {options.global_weight}")
-    if options.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {options.batch_size}")
 
 
 def _char_lengths(strings: list[str]) -> torch.Tensor:
@@ -203,7 +203,6 @@ class TokenAdapt(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         options: TokenAdaptOptions = ctx.options
-        _check(options)
         cached = ctx.cache.get(self.name)
         if cached is None or not torch.equal(cached[0], missing):
             encoder = TextEncoder(resolve_text_model(options.aux_model), ctx.device)
