@@ -228,8 +228,8 @@ def test_hybrid_is_the_mix_of_both_and_deterministic(ctx_parts, encoder_dir: Pat
 )
 def test_bad_options_are_user_errors(ctx_parts, encoder_dir: Path, options: dict) -> None:
     match, base_input, base_output = ctx_parts
-    ctx = Context(match, base_input, base_output, TokenAdaptOptions(**{"aux_model": str(encoder_dir), **options}))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError):  # the option checks run when the options are built, aux_model's when used
+        ctx = Context(match, base_input, base_output, TokenAdaptOptions(**{"aux_model": str(encoder_dir), **options}))
         get("tokenadapt")().init_rows(ctx, "input", match.missing)
 
 
