@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import bpe_tokenizer
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from transplant.errors import UserError
 from transplant.methods.base import Context
@@ -35,30 +34,6 @@ def _bpe(tmp: Path, seed: int, words: list[str], vocab_size: int) -> PreTrainedT
     corpus = tmp / f"corpus{seed}.txt"
     corpus.write_text("\n".join(_lines(seed, words)))
     return bpe_tokenizer(corpus, vocab_size)
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT with an uncased WordPiece tokenizer trained here."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(_lines(0, WORDS), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
-    )
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    out = tmp_path_factory.mktemp("encoder")
-    BertModel(config).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
