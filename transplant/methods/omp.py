@@ -99,7 +99,9 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, _auto(options, "ridge"))
+    advance = ctx.progress(len(targets), f"omp {which} rows")
+    ridge = _auto(options, "ridge")
+    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, ridge, advance)
     rows = mix_rows(images, result.indices, result.coeffs)
     if options.center:
         rows += base_mean
