@@ -91,7 +91,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     mean added back, so coefficients describe offsets from the typical token."""
     options: OmpOptions = ctx.options
     donor, base = ctx.donor(which).to(ctx.device, torch.float32), ctx.base(which).to(ctx.device, torch.float32)
-    new_ids, base_ids = ctx.match.anchors
+    new_ids, base_ids = (ids.to(ctx.device) for ids in ctx.match.anchors)
     usable = new_ids < len(donor)
     atoms, images = donor[new_ids[usable]], base[base_ids[usable]]
     _validate(options, len(atoms))
@@ -118,13 +118,14 @@ class Omp(MethodBase):
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         options: OmpOptions = ctx.options
         donor = ctx.donor(which)
+        missing = missing.to(ctx.device)
         out = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
         in_donor = missing < len(donor)
         rows, result = transfer(ctx, which, donor[missing[in_donor]])
         out[in_donor] = rows
         use_subword = ~in_donor
         if options.fallback == "subword":
-            use_subword[in_donor] = result.rel_residual.to(ctx.device) > _auto(options, "fallback_threshold")
+            use_subword[in_donor] = result.rel_residual > _auto(options, "fallback_threshold")
         if use_subword.any():
             out[use_subword] = subword_rows(ctx, which, missing[use_subword])
         return out
