@@ -132,7 +132,8 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(make_text(lines=400).splitlines(), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
+    tok.train_from_iterator(make_text(lines=400).splitlines(), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
     )

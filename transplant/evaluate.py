@@ -9,8 +9,8 @@ Each document is scored as ``[BOS] + tokens(text)`` (EOS stands in for a model w
 BOS); every text token is predicted exactly once and BOS never is. A document longer than
 the context is cut into windows that overlap: each window re-reads the tail of the previous
 one as context but only scores its new tokens (with no overlap, each starts from the prefix
-token instead, so no target is ever predicted from nothing). All windows of all documents are sorted by
-length and run in padded batches whose logits stay within a memory budget.
+token instead, so no target is ever predicted from nothing). All windows of all documents
+are sorted by length and run in padded batches whose logits stay within a memory budget.
 """
 
 from __future__ import annotations
