@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 WORDS = (
     "the house garden child tree street water sky earth fire light playing played player "
@@ -29,7 +29,8 @@ USER_CACHE = os.environ.get("TRANSPLANT_CACHE")
 @pytest.fixture(autouse=True)
 def _isolated_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests never touch the user's cache; slow tests share it (packaged models are big)."""
+    """Unit tests never touch the user's cache nor the network (pip, which fetches packaged
+    models, gets no index); slow tests share the cache (packaged models are big)."""
     if request.node.get_closest_marker("slow"):
         if USER_CACHE is None:
             monkeypatch.delenv("TRANSPLANT_CACHE", raising=False)
@@ -37,6 +38,8 @@ def _isolated_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
             monkeypatch.setenv("TRANSPLANT_CACHE", USER_CACHE)
     else:
         monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +122,29 @@ def sp_model(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def base_model(request: pytest.FixtureRequest, corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tied" if request.param else "untied")
     return tiny_llama(bpe_tokenizer(corpus_file), out, tied=request.param)
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT with an uncased WordPiece tokenizer trained here: the auxiliary text
+    encoder (``aux_model``) of unit tests, which must not download the default MiniLM."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
+    tok.train_from_iterator(make_text(lines=400).splitlines(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    out = tmp_path_factory.mktemp("encoder")
+    BertModel(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out

@@ -127,16 +127,32 @@ def test_eos_stands_in_for_missing_bos(model, text_file):
     assert score.nll == pytest.approx(manual_nll(model, [tok.eos_token_id, *ids]), rel=1e-5)
 
 
-def test_windows_cover_every_target_once():
-    ids = list(range(23))
-    for max_length, overlap in [(5, 0), (5, 2), (5, 4), (8, 3), (23, 5), (40, 10)]:
-        windows = make_windows(0, ids, max_length, overlap)
-        targets = []
-        for w in windows:
+def test_windows_score_every_target_once_with_real_context():
+    """Each target ids[p] (p >= 1) is scored by exactly one window, predicted from what that
+    window feeds before it: the document's own preceding tokens, or (overlap 0, where a later
+    window has no earlier token) the prefix token ids[0] followed by them; never from nothing."""
+    ids = list(range(100, 123))  # distinct values, so a token names its document position
+    for max_length, overlap in [(5, 0), (2, 0), (5, 1), (5, 2), (5, 4), (8, 3), (23, 5), (40, 10), (23, 0)]:
+        positions = []
+        for w in make_windows(0, ids, max_length, overlap):
             assert 2 <= len(w.ids) <= max_length and w.scored >= 1
-            targets += w.ids[len(w.ids) - w.scored :]
-            assert w.ids == ids[w.ids[0] : w.ids[-1] + 1]  # contiguous: real context before the scored part
-        assert targets == ids[1:]
+            for j in range(len(w.ids) - w.scored, len(w.ids)):
+                p, context = ids.index(w.ids[j]), w.ids[:j]
+                assert context, (max_length, overlap, w)  # a target needs at least one token before it
+                assert context == ids[p - j : p] or context == [ids[0], *ids[p - j + 1 : p]], (max_length, overlap, w)
+                positions.append(p)
+        assert positions == list(range(1, len(ids))), (max_length, overlap)
+
+
+def test_overlap_zero_scores_each_chunk_as_a_document(model, large_tok):
+    """With no overlap the text is cut into chunks of max_length - 1 tokens, each predicted
+    from the prefix token alone, as if it were its own document."""
+    text = " ".join(TEXTS)
+    ids = large_tok(text, add_special_tokens=False)["input_ids"]
+    (score,) = score_documents(model, large_tok, docs_of([text]), EvalConfig(max_length=32, overlap=0))
+    chunks = [ids[i : i + 31] for i in range(0, len(ids), 31)]
+    assert len(chunks) > 2 and score.tokens == len(ids)
+    assert score.nll == pytest.approx(sum(manual_nll(model, [large_tok.bos_token_id, *c]) for c in chunks), rel=1e-5)
 
 
 def test_long_document_is_fully_scored(model, large_tok):
@@ -262,8 +278,10 @@ def test_compare_ranks_methods_and_writes_report(tiny_base: Path, sp_model: Path
     first = compare(config, log=logs.append)
     assert {p.name for p in first.report} == {"report.md", "report.json", "ratio.png"}
     record = json.loads((tmp_path / "cmp" / "report.json").read_text())
-    ranked = [r["ratio"]["overall"] for r in record["ranking"]]
-    assert ranked == sorted(ranked) and len(ranked) == 3
+    base_ppl = record["base"]["overall"]["byte_ppl"]  # the ranking recomputed from the scores it reports
+    ratios = {name: m["overall"]["byte_ppl"] / base_ppl for name, m in record["methods"].items()}
+    assert [r["method"] for r in record["ranking"]] == sorted(methods, key=ratios.get)
+    assert [r["ratio"]["overall"] for r in record["ranking"]] == pytest.approx(sorted(ratios.values()))
     assert '"subword_weighting": "first"' in (tmp_path / "cmp" / "subword_subword-weighting=first" / "transplant.json").read_text()
     for name in methods:
         assert (tmp_path / "cmp" / name.replace(":", "_") / "transplant.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,17 +34,25 @@ def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Cont
     )
 
 
+def offline_options(cls, encoder_dir: Path):
+    """The method's default options, with the local tiny encoder for a method that embeds
+    text (its default auxiliary model is downloaded, which unit tests must not do)."""
+    if "aux_model" in {f.name for f in dataclasses.fields(cls.Options)}:
+        return cls.Options(aux_model=str(encoder_dir))
+    return cls.Options()
+
+
 @pytest.mark.parametrize("name", sorted(registry.available()))
 @pytest.mark.parametrize("which", ["input", "output"])
-def test_method_contract(match, name: str, which: str) -> None:
+def test_method_contract(match, encoder_dir: Path, name: str, which: str) -> None:
     cls = registry.get(name)
-    ctx = make_context(match, cls.Options())
+    ctx = make_context(match, offline_options(cls, encoder_dir))
     before = ctx.base(which).clone()
     rows = cls().init_rows(ctx, which, match.missing)
     assert rows.shape == (len(match.missing), 24) and rows.dtype == torch.float32
     assert torch.isfinite(rows).all()
     assert torch.equal(ctx.base(which), before)  # methods never write into the base
-    again = cls().init_rows(make_context(match, cls.Options()), which, match.missing)
+    again = cls().init_rows(make_context(match, offline_options(cls, encoder_dir)), which, match.missing)
     assert torch.equal(rows, again)
 
 

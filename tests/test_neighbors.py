@@ -57,3 +57,12 @@ def test_approximate_index_recall_and_determinism() -> None:
     hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact_ids))
     assert hits / exact_ids.numel() >= 0.95
     assert torch.equal(Index(vectors, "ip", normalize=True, seed=0).search(queries, 10)[1], ids)
+
+
+def test_results_come_back_on_the_requested_device() -> None:
+    """FAISS searches on the CPU; callers combine the ids with matrices on ``--device``, so
+    the results are moved there (meta stands in for a GPU here)."""
+    index = Index(torch.eye(3), "ip")
+    scores, ids = index.search(torch.eye(3), 2, device=torch.device("meta"))
+    assert scores.device.type == ids.device.type == "meta" and ids.shape == (3, 2)
+    assert index.search(torch.eye(3).numpy(), 2)[1].device.type == "cpu"

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import bpe_tokenizer, tiny_llama
 from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.omp import Omp, OmpOptions
 from transplant.omp import batch_omp, candidate_pools
+from transplant.pipeline import TransplantConfig, transplant
+from transplant.progress import Stages
 from transplant.vocab import match_vocabularies
 
 
@@ -271,3 +275,29 @@ def test_user_errors(match) -> None:
     no_anchors = dataclasses.replace(match, copy_new=match.copy_new[:0], copy_base=match.copy_base[:0])
     with pytest.raises(UserError, match="share no tokens"):
         Omp().init_rows(make_context(no_anchors), "input", match.missing)
+
+
+class RecordingStages(Stages):
+    """Stages that keep every progress callback's advances, by label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.advances: dict[str, tuple[int, list[int]]] = {}
+
+    def progress(self, total: int, label: str):
+        steps: list[int] = []
+        self.advances[label] = (total, steps)
+        return steps.append
+
+
+def test_transplant_reports_omp_progress_up_to_every_row(corpus_file: Path, tmp_path: Path) -> None:
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False)
+    donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=420), tmp_path / "donor", tied=False, hidden=48)
+    stages = RecordingStages()
+    config = TransplantConfig(base=str(base), tokenizer=str(donor), out=tmp_path / "out", method="omp",
+                              options={"k": "8", "batch_size": "16"})
+    result = transplant(config, stages)
+    assert set(stages.advances) == {"omp input rows", "omp output rows"}
+    for total, steps in stages.advances.values():
+        assert total == result.counts["initialized"] > 16  # the donor has a row for every new token
+        assert len(steps) > 1 and min(steps) > 0 and sum(steps) == total

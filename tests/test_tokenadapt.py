@@ -3,6 +3,7 @@ and the method on tiny real tokenizers with a tiny random BERT as the auxiliary 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -12,13 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import bpe_tokenizer
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.registry import get
-from transplant.methods.tokenadapt import TokenAdaptOptions, global_weights, hybrid, local_weights
+from transplant.methods.tokenadapt import TokenAdaptOptions, build_plan, global_weights, hybrid, local_weights
 from transplant.cache import cache_dir
 from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
 from transplant.vocab import match_vocabularies
@@ -35,30 +35,6 @@ def _bpe(tmp: Path, seed: int, words: list[str], vocab_size: int) -> PreTrainedT
     corpus = tmp / f"corpus{seed}.txt"
     corpus.write_text("\n".join(_lines(seed, words)))
     return bpe_tokenizer(corpus, vocab_size)
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT with an uncased WordPiece tokenizer trained here."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(_lines(0, WORDS), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
-    )
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    out = tmp_path_factory.mktemp("encoder")
-    BertModel(config).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +197,27 @@ def test_hybrid_is_the_mix_of_both_and_deterministic(ctx_parts, encoder_dir: Pat
     again = method.init_rows(_ctx(ctx_parts, encoder_dir, global_weight=0.25), "input", missing)
     assert torch.allclose(rows, again, atol=1e-6)
     assert not torch.allclose(rows, method.init_rows(ctx, "output", missing))
+
+
+def test_embedding_reports_progress_up_to_every_string(ctx_parts, encoder_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Embedding a vocabulary takes minutes: the plan reports strings embedded (base and new,
+    a cache hit at once) through ``ctx.progress``."""
+    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path))  # nothing embedded yet
+    calls: list[tuple[int, str, list[int]]] = []
+
+    def recording(total: int, label: str):
+        calls.append((total, label, []))
+        return calls[-1][2].append
+
+    ctx = dataclasses.replace(_ctx(ctx_parts, encoder_dir, batch_size=7), progress=recording)
+    encoder = TextEncoder(encoder_dir, batch_size=16)
+    build_plan(ctx, ctx.match.missing, encoder)
+    expected = len(ctx.match.base_vocab) + len(ctx.match.missing)
+    assert [(total, label) for total, label, _ in calls] == [(expected, "embedding token strings")]
+    steps = calls[0][2]
+    assert len(steps) > 2 and min(steps) > 0 and sum(steps) == expected
+    build_plan(ctx, ctx.match.missing, encoder)  # both lists now come from the cache
+    assert calls[1][2] == [len(ctx.match.base_vocab), len(ctx.match.missing)]
 
 
 @pytest.mark.parametrize(

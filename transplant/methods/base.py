@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
+from transplant.progress import ProgressFactory, no_progress
 from transplant.vocab import VocabMatch
 
 Which = Literal["input", "output"]
@@ -30,7 +31,8 @@ class Context:
 
     ``base_input``/``base_output`` are the base model's matrices in float32 (``base_output``
     is ``None`` when tied). Donor matrices are indexed by *new* token ids, because a donor is
-    a model whose tokenizer is the new one; they are ``None`` without a donor.
+    a model whose tokenizer is the new one; they are ``None`` without a donor. ``progress``
+    gives long work an ``advance(n)`` callback (see :mod:`transplant.progress`).
     """
 
     match: VocabMatch
@@ -42,6 +44,7 @@ class Context:
     donor_input: torch.Tensor | None = None
     donor_output: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressFactory = no_progress
 
     def base(self, which: Which) -> torch.Tensor:
         """The base matrix for ``which``; the input matrix stands in for a tied output."""

@@ -94,10 +94,11 @@ class Random(MethodBase):
     description: ClassVar[str] = "normal noise with the per-dimension mean and std of the base rows (seeded)"
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
-        base = ctx.base(which).to(torch.float32)
+        base = ctx.base(which).to(ctx.device, torch.float32)
         std, mean = torch.std_mean(base, dim=0)
-        noise = torch.randn(len(missing), base.shape[1], generator=ctx.generator(which))
-        return (mean + std * noise).to(ctx.device)
+        # drawn on the CPU, whose generator gives the same numbers whatever the device
+        noise = torch.randn(len(missing), base.shape[1], generator=ctx.generator(which)).to(ctx.device)
+        return mean + std * noise
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     mean added back, so coefficients describe offsets from the typical token."""
     options: OmpOptions = ctx.options
     donor, base = ctx.donor(which).to(ctx.device, torch.float32), ctx.base(which).to(ctx.device, torch.float32)
-    new_ids, base_ids = ctx.match.anchors
+    new_ids, base_ids = (ids.to(ctx.device) for ids in ctx.match.anchors)
     usable = new_ids < len(donor)
     atoms, images = donor[new_ids[usable]], base[base_ids[usable]]
     _validate(options, len(atoms))
@@ -102,7 +102,8 @@ def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.T
     if options.center:
         donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
         atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
-    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, options.ridge)
+    advance = ctx.progress(len(targets), f"omp {which} rows")
+    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, options.ridge, advance)
     rows = mix_rows(images, result.indices, result.coeffs)
     if options.center:
         rows += base_mean
@@ -119,13 +120,14 @@ class Omp(MethodBase):
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         options: OmpOptions = ctx.options
         donor = ctx.donor(which)
+        missing = missing.to(ctx.device)
         out = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
         in_donor = missing < len(donor)
         rows, result = transfer(ctx, which, donor[missing[in_donor]])
         out[in_donor] = rows
         use_subword = ~in_donor
         if options.fallback == "subword":
-            use_subword[in_donor] = result.rel_residual.to(ctx.device) > options.fallback_threshold
+            use_subword[in_donor] = result.rel_residual > options.fallback_threshold
         if use_subword.any():
             out[use_subword] = subword_rows(ctx, which, missing[use_subword])
         return out

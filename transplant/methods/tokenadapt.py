@@ -162,8 +162,9 @@ def build_plan(ctx: Context, missing: torch.Tensor, encoder: TextEncoder) -> Pla
     match = ctx.match
     base_strings = [s.decode("utf-8", "replace") for s in match.base_vocab.surfaces]
     new_strings = [match.surface(i) for i in missing.tolist()]
-    base_phi = F.normalize(torch.from_numpy(embed_cached(encoder, base_strings)), dim=1)
-    new_phi = F.normalize(torch.from_numpy(embed_cached(encoder, new_strings)), dim=1)
+    advance = ctx.progress(len(base_strings) + len(new_strings), "embedding token strings")
+    base_phi = F.normalize(torch.from_numpy(embed_cached(encoder, base_strings, advance)), dim=1)
+    new_phi = F.normalize(torch.from_numpy(embed_cached(encoder, new_strings, advance)), dim=1)
 
     n = len(missing)
     local_ids, local_w = torch.full((n, 1), -1, device=ctx.device), torch.zeros(n, 1, device=ctx.device)
