@@ -90,3 +90,22 @@ def test_bare_tokenizer_json_gets_special_ids_and_evaluates(
     model, tok = load_model(str(out))
     score = evaluate_model(model, tok, load_corpus(corpus_file, max_docs=2)).overall
     assert score.tokens > 0 and 0 < score.bits_per_byte < float("inf")
+
+
+def test_every_new_id_carrying_a_stop_row_stops_generation(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    """SmolLM2's layout with eos moved to ``<|endoftext|>``: its pad is ``<|im_end|>``, the
+    turn end. The new ``<pad>`` takes that row by role and scores exactly like it, so greedy
+    decoding may write ``<pad>`` to end a turn: every such id must be a stop id too."""
+    base_tok = bpe_tokenizer(corpus_file)
+    base_tok.eos_token = "<|endoftext|>"
+    base = tiny_llama(base_tok, tmp_path / "base", tied=True)
+    base_stops = [base_tok.eos_token_id, base_tok.convert_tokens_to_ids("<|im_end|>")]
+    GenerationConfig(eos_token_id=base_stops, pad_token_id=base_stops[1]).save_pretrained(base)
+
+    out = tmp_path / "out"
+    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=out, method="random"))
+    got, want = rows(out), rows(base)
+    carriers = (got[:, None, :] == want[base_stops][None]).all(-1).any(-1).nonzero().flatten().tolist()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert {tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")} <= set(carriers)
+    assert set(carriers) <= set(GenerationConfig.from_pretrained(out).eos_token_id)

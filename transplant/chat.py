@@ -18,6 +18,8 @@ from jinja2.exceptions import TemplateError
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerBase
 
+from transplant.surface import ROLES
+
 ChatMode = Literal["base", "new"]
 _PROBE = "transplant-probe"
 
@@ -64,9 +66,14 @@ def end_of_turn_ids(
 ) -> list[int]:
     """Every id that must end generation in the output, as ids of ``new``: its eos, the
     marker that closes a turn in its template, and each of the base's eos ids (Gemma's
-    generation config lists ``<eos>`` and ``<end_of_turn>``) whose token ``new`` has.
+    generation config lists ``<eos>`` and ``<end_of_turn>``) carried over the way rows are:
+    by token, and by role. The role matters because a new special that takes a base stop
+    token's row by role (a new ``<pad>`` given the row of a base pad that is ``<|im_end|>``)
+    scores exactly like it, and greedy decoding then writes it in its place.
     One eos id alone lets a chat model that ends its turns with a marker talk on forever."""
     base_ids = [] if base_eos is None else base_eos if isinstance(base_eos, list) else [base_eos]
     vocab = new.get_vocab()
     tokens = [new.eos_token, end_of_turn_token(new), *base.convert_ids_to_tokens(base_ids)]
-    return list(dict.fromkeys(vocab[t] for t in tokens if t in vocab))
+    by_role = [getattr(new, f"{r}_token_id") for r in ROLES if getattr(base, f"{r}_token_id") in base_ids]
+    ids = [vocab.get(t) for t in tokens] + by_role
+    return list(dict.fromkeys(i for i in ids if i is not None))
