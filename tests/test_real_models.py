@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from transplant.pipeline import TransplantConfig, transplant
+from transplant.sources import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +58,38 @@ def test_smollm2_onto_gemma3_tokenizer_with_omp(tmp_path: Path) -> None:
     assert torch.isfinite(rows).all()
     assert rows.norm(dim=1).max() < 2 * base_norms.max()  # copied rows pass trivially; new ones must too
     assert "Paris" in greedy(out, "The capital of France is")
+
+
+def test_chat_stops_at_a_turn_end_that_is_not_eos(tmp_path: Path) -> None:
+    """Gemma-it ends a turn with ``<end_of_turn>``, not its eos, and stops on both through its
+    generation config. The packaged gemma3-270m cannot show it: it is the pretrained Gemma,
+    whose GGUF has no chat template and eos 1 alone, and it does not end a turn even in its
+    own format. So the same layout is given to SmolLM2-Instruct, which does chat: eos
+    ``<|endoftext|>``, turns closed by ``<|im_end|>``, generation config ``[0, 2]``. Moved onto
+    Gemma's tokenizer, one chat turn must stop at its end (once it stopped only on Gemma's
+    ``<eos>`` and ran to the token limit). SmolLM2's pad is ``<|im_end|>``, so Gemma's
+    ``<pad>`` takes that row by role, ties with it, and greedy decoding writes ``<pad>``: that
+    id must stop generation too."""
+    source, base = resolve_model("smollm2-135m"), tmp_path / "smollm2-eot"
+    shutil.copytree(source, base, ignore=shutil.ignore_patterns("*.safetensors"))
+    for weights in source.glob("*.safetensors"):
+        (base / weights.name).symlink_to(weights)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.eos_token = "<|endoftext|>"
+    tokenizer.save_pretrained(base)
+    config = AutoConfig.from_pretrained(source)
+    config.eos_token_id = tokenizer.eos_token_id
+    config.save_pretrained(base)
+    turn_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    GenerationConfig(bos_token_id=1, eos_token_id=[tokenizer.eos_token_id, turn_end], pad_token_id=turn_end).save_pretrained(base)
+
+    out = tmp_path / "out"
+    transplant(TransplantConfig(base=str(base), tokenizer="gemma3-270m", out=out, method="subword"))
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=40, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert len(generated) < 40 and generated[-1].item() in model.generation_config.eos_token_id
+    assert "Paris" in tok.decode(generated)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM
 
 from conftest import bpe_tokenizer, tiny_llama
@@ -30,6 +31,30 @@ def test_tokenizer_json_and_model_directory(base_model: Path) -> None:
     from_json = load_tokenizer(str(base_model / "tokenizer.json"))
     from_dir = load_tokenizer(str(base_model))
     assert from_json("the house").input_ids == from_dir("the house").input_ids
+
+
+def test_bare_tokenizer_json_finds_its_special_roles(sp_model: Path, bpe_dir: Path, tmp_path: Path) -> None:
+    """A tokenizer.json names no roles; they are read from its post-processor (``<s> $A``),
+    its model's unk token and the usual names, and the encoding is left as it was."""
+    load_tokenizer(str(sp_model)).save_pretrained(tmp_path)
+    sp = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert [sp.unk_token, sp.bos_token, sp.eos_token, sp.pad_token] == ["<unk>", "<s>", "</s>", "<pad>"]
+    assert sp("the house").input_ids == load_tokenizer(str(sp_model))("the house").input_ids
+    gpt2_style = load_tokenizer(str(bpe_dir / "tokenizer.json"))  # only <|endoftext|> says what it is
+    assert [gpt2_style.bos_token, gpt2_style.eos_token, gpt2_style.pad_token] == ["<|endoftext|>"] * 2 + [None]
+    assert gpt2_style("the house").input_ids == load_tokenizer(str(bpe_dir))("the house").input_ids
+
+
+def test_bare_tokenizer_json_roles_from_its_post_processor(tmp_path: Path) -> None:
+    """Names no list knows are still found where the file itself uses them."""
+    vocab = {"[?]": 0, "[BEGIN]": 1, "[END]": 2, "the": 3, "house": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[?]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[BEGIN] $A [END]", special_tokens=[("[BEGIN]", 1), ("[END]", 2)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert [loaded.unk_token, loaded.bos_token, loaded.eos_token] == ["[?]", "[BEGIN]", "[END]"]
+    assert loaded("the house").input_ids == [1, 3, 4, 2]
 
 
 def test_gguf_is_converted_once_to_safetensors(corpus_file: Path, tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import make_text
 from transplant.surface import byte_encoder, vocabulary
 from transplant.vocab import match_vocabularies
 
@@ -36,6 +37,16 @@ def wordpiece(tokens: list[str]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def trained_wordpiece() -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained on the test words (it learns ``##ing``)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[UNK]", "[CLS]", "[SEP]"], show_progress=False)
+    tok.train_from_iterator([make_text()], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
 
 
@@ -81,6 +92,18 @@ def test_wordpiece_continuation_matches_bare_piece() -> None:
     assert copied[new.convert_tokens_to_ids("##ing")] == BASE.convert_tokens_to_ids("ing")
     assert copied[new.convert_tokens_to_ids("the")] == BASE.convert_tokens_to_ids("Ġthe")
     assert new.convert_tokens_to_ids("fox") in match.missing.tolist()  # " fox" is not a base token
+
+
+def test_wordpiece_base_spells_continuations_with_prefixed_pieces() -> None:
+    """A surface without a leading space continues a word, so a WordPiece base spells it
+    with ``##`` pieces (greedy longest match, as WordPiece does inside a word)."""
+    base = trained_wordpiece()
+    new = byte_level(["ing", "aying", "Ġplaying"], [])
+    match = match_vocabularies(base, new)
+    spell = lambda token: base.convert_ids_to_tokens(match.decompose(new.convert_tokens_to_ids(token)))  # noqa: E731
+    assert spell("ing") == ["##ing"]
+    assert spell("aying") == ["##ay", "##ing"]
+    assert spell("Ġplaying") == base.tokenize("playing") == ["play", "##ing"]
 
 
 def test_byte_level_pieces_decompose_to_byte_fallback() -> None:

@@ -1,19 +1,27 @@
-"""Keep a transplanted instruct model able to chat.
+"""Keep a transplanted instruct model able to chat, and able to stop.
 
 By default the output keeps the *base* model's chat template: its turn markers (special
 tokens that appear in the template) are added to the new tokenizer when missing, so their
-rows are copied from the base like any exact match, and eos/pad follow the base's
-end-of-turn token. With ``mode="new"`` the new tokenizer's own template is kept instead.
+rows are copied from the base like any exact match. When the base's eos is the token that
+closes a turn (ChatML's ``<|im_end|>``), eos/pad follow it. When a turn ends with a marker
+that is not eos (Gemma's ``<end_of_turn>``), eos is left alone: documents still end with the
+new tokenizer's eos, whose row is the base eos row by role, and the marker joins the ids
+that end generation instead (:func:`end_of_turn_ids`). With ``mode="new"`` the new
+tokenizer's own template is kept.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from jinja2.exceptions import TemplateError
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerBase
 
+from transplant.surface import ROLES
+
 ChatMode = Literal["base", "new"]
+_PROBE = "transplant-probe"
 
 
 def adopt_chat_template(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase, mode: ChatMode) -> list[str]:
@@ -33,3 +41,39 @@ def adopt_chat_template(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerB
         if pad_follows or new.pad_token is None:
             new.pad_token = base.eos_token
     return added
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token that closes an assistant turn in ``tokenizer``'s chat template,
+    found by rendering one turn: a GGUF conversion's generation config often lists only eos,
+    so the template is the one place that says where a turn ends."""
+    if not isinstance(tokenizer.chat_template, str):
+        return None
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+    except (TemplateError, ValueError):  # a template may refuse a conversation this short
+        return None
+    if not isinstance(text, str) or _PROBE not in text:
+        return None
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    after = tokenizer(text.rsplit(_PROBE, 1)[1], add_special_tokens=False).input_ids
+    return next((t for t in tokenizer.convert_ids_to_tokens(after) if t in specials), None)
+
+
+def end_of_turn_ids(
+    base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase, base_eos: int | list[int] | None
+) -> list[int]:
+    """Every id that must end generation in the output, as ids of ``new``: its eos, the
+    marker that closes a turn in its template, and each of the base's eos ids (Gemma's
+    generation config lists ``<eos>`` and ``<end_of_turn>``) carried over the way rows are:
+    by token, and by role. The role matters because a new special that takes a base stop
+    token's row by role (a new ``<pad>`` given the row of a base pad that is ``<|im_end|>``)
+    scores exactly like it, and greedy decoding then writes it in its place.
+    One eos id alone lets a chat model that ends its turns with a marker talk on forever."""
+    base_ids = [] if base_eos is None else base_eos if isinstance(base_eos, list) else [base_eos]
+    vocab = new.get_vocab()
+    tokens = [new.eos_token, end_of_turn_token(new), *base.convert_ids_to_tokens(base_ids)]
+    by_role = [getattr(new, f"{r}_token_id") for r in ROLES if getattr(base, f"{r}_token_id") in base_ids]
+    ids = [vocab.get(t) for t in tokens] + by_role
+    return list(dict.fromkeys(i for i in ids if i is not None))

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from transplant.atomic import atomic_path
+from transplant.chat import end_of_turn_ids
 from transplant.errors import UserError
 
 
@@ -195,19 +196,25 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
 
 
 def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase) -> None:
-    """config.json and generation_config.json with the new vocabulary size and special ids."""
+    """config.json and generation_config.json with the new vocabulary size and special ids.
+
+    The generation config keeps every id the base stopped on, carried over to the new ids
+    (see :func:`transplant.chat.end_of_turn_ids`), not just the one eos of config.json.
+    """
     config = AutoConfig.from_pretrained(base_dir)
+    try:
+        generation = GenerationConfig.from_pretrained(base_dir)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    stop = end_of_turn_ids(AutoTokenizer.from_pretrained(base_dir), tokenizer, generation.eos_token_id)
     ids = special_ids(tokenizer)
     for target in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
         target.vocab_size = vocab_size
         for key, value in ids.items():
             setattr(target, key, value)
     config.save_pretrained(out_dir)
-    try:
-        generation = GenerationConfig.from_pretrained(base_dir)
-    except OSError:
-        generation = GenerationConfig.from_model_config(config)
-    for key, value in ids.items():
+    eos = stop[0] if len(stop) == 1 else stop or None  # a single id stays an int, as transformers writes it
+    for key, value in {**ids, "eos_token_id": eos}.items():
         setattr(generation, key, value)
     generation.save_pretrained(out_dir)
 

@@ -20,7 +20,9 @@ from transformers import PreTrainedTokenizerBase
 from transplant.errors import UserError
 
 Scheme = Literal["byte_level", "metaspace", "wordpiece", "plain"]
-ROLES = ("bos", "eos", "pad", "unk")
+# Special roles in priority order: when one new id holds two roles (pad == eos is common),
+# it takes the row of the role the model relies on most (eos ends text; pad is never read).
+ROLES = ("eos", "bos", "unk", "pad")
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 

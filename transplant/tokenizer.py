@@ -7,6 +7,7 @@ packaged name. Every loader's failure becomes one :class:`UserError` line.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +36,57 @@ def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+# Names that say a special token's role, most telling first. ``<|endoftext|>`` both ends a
+# document and (GPT-2's convention) starts the next one.
+_ROLE_NAMES = {
+    "bos": ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "<|endoftext|>"),
+    "eos": ("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>"),
+    "unk": ("<unk>", "[UNK]", "<|unk|>"),
+    "pad": ("<pad>", "[PAD]", "<|pad|>", "<|padding|>"),
+}
+
+
+def _declared_roles(spec: dict) -> dict[str, str]:
+    """Roles a tokenizer.json states itself: the specials its post-processor wraps a text
+    in (``<s> $A </s>``; BERT/RoBERTa's cls and sep) and its model's unknown token."""
+    roles: dict[str, str] = {}
+    processor = spec.get("post_processor") or {}
+    for node in processor.get("processors", [processor]):
+        if node.get("type") == "TemplateProcessing":
+            marks = ["$" if "Sequence" in item else item["SpecialToken"]["id"] for item in node["single"]]
+            if marks and marks[0] != "$":
+                roles.setdefault("bos", marks[0])
+            if marks and marks[-1] != "$":
+                roles.setdefault("eos", marks[-1])
+        elif "cls" in node and "sep" in node:
+            roles.setdefault("bos", node["cls"][0])
+            roles.setdefault("eos", node["sep"][0])
+    model = spec.get("model") or {}
+    if model.get("unk_token"):
+        roles["unk"] = model["unk_token"]
+    elif model.get("unk_id") is not None:
+        roles["unk"] = model["vocab"][model["unk_id"]][0]
+    return roles
+
+
+def _with_roles(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Name the bos/eos/unk/pad of a bare tokenizer.json, which carries no such names.
+
+    Without them the checkpoint's config gets ``None`` ids and nothing can start or end a
+    document (evaluation has no token to condition on). What the file declares comes first,
+    then the usual names; a role with no evidence stays unset rather than guessed.
+    """
+    declared = _declared_roles(json.loads(tokenizer.backend_tokenizer.to_str()))
+    vocab = tokenizer.get_vocab()
+    found = {}
+    for role, names in _ROLE_NAMES.items():
+        token = declared.get(role) or next((name for name in names if name in vocab), None)
+        if token is not None and getattr(tokenizer, f"{role}_token") is None:
+            found[f"{role}_token"] = token
+    tokenizer.add_special_tokens(found)
+    return tokenizer
+
+
 def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     """A tokenizer from a directory, tokenizer.json, SentencePiece .model, .gguf, a model
     reference or a packaged name."""
@@ -45,7 +97,7 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
         if path.is_file() and path.suffix == ".model":
             return _sentencepiece_tokenizer(path)
         if path.is_file() and path.suffix == ".json":
-            return PreTrainedTokenizerFast(tokenizer_file=str(path))
+            return _with_roles(PreTrainedTokenizerFast(tokenizer_file=str(path)))
         if path.is_file() and path.suffix == ".gguf":
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         if path.is_file():

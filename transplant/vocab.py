@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tokenizers import models
 from transformers import PreTrainedTokenizerBase
 
 from transplant.surface import ROLES, Vocabulary, byte_encoder, vocabulary
@@ -79,10 +80,10 @@ def encode_bytes(base_tokenizer: PreTrainedTokenizerBase, vocab: Vocabulary, sur
     if vocab.scheme == "byte_level":
         table = byte_encoder()
         return [t.id for t in model.tokenize("".join(table[b] for b in surface))]
-    text = surface.decode("utf-8", errors="surrogateescape")
     if vocab.scheme == "wordpiece":
-        text = text.lstrip(" ")
-    elif vocab.scheme == "metaspace":
+        return _wordpiece(model, vocab.continuation_prefix, surface.decode("utf-8", errors="ignore"))
+    text = surface.decode("utf-8", errors="surrogateescape")
+    if vocab.scheme == "metaspace":
         text = text.replace(" ", "\u2581")
     ids: list[int] = []
     run = ""
@@ -95,6 +96,32 @@ def encode_bytes(base_tokenizer: PreTrainedTokenizerBase, vocab: Vocabulary, sur
                 ids.append(vocab.byte_ids[ord(ch) - 0xDC00])
         else:
             run += ch
+    return ids
+
+
+def _wordpiece(model: models.WordPiece, prefix: str, text: str) -> list[int]:
+    """WordPiece ids of ``text``: each space-led word from a word start, and the text before
+    the first space, which continues a word, in ``prefix`` pieces."""
+    first, *words = text.split(" ")
+    return _continuation(model, prefix, first) + [t.id for word in words if word for t in model.tokenize(word)]
+
+
+def _continuation(model: models.WordPiece, prefix: str, text: str) -> list[int]:
+    """``text`` spelled as WordPiece spells the inside of a word: greedy longest piece
+    first, and the whole run unknown when no piece fits. The model itself cannot do this:
+    it always starts a word, which would spell ``ing`` as a word start instead of ``##ing``."""
+    ids: list[int] = []
+    start = 0
+    while start < len(text):
+        for end in range(len(text), start, -1):
+            piece = model.token_to_id(prefix + text[start:end])
+            if piece is not None:
+                break
+        else:
+            unk = model.token_to_id(model.unk_token)
+            return [] if unk is None else [unk]
+        ids.append(piece)
+        start = end
     return ids
 
 
@@ -123,7 +150,10 @@ def match_vocabularies(
     by_spelling = {(t, base.surfaces[i]): i for i, t in enumerate(base.tokens) if t is not None and not base.special[i]}
     by_literal = {t: i for i, t in enumerate(base.tokens) if t is not None and base.special[i]}
     by_literal_any = {t: i for i, t in enumerate(base.tokens) if t is not None}
-    by_role = {new.roles[r]: base.roles[r] for r in ROLES if r in new.roles and r in base.roles}
+    by_role: dict[int, int] = {}
+    for role in ROLES:  # priority order: an id with two roles keeps the first one's row
+        if role in new.roles and role in base.roles:
+            by_role.setdefault(new.roles[role], base.roles[role])
 
     copy_new: list[int] = []
     copy_base: list[int] = []
