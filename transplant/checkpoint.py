@@ -225,7 +225,7 @@ def export(
     an interrupted run never leaves a half-written OUT, and never destroys an existing one."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    with atomic_path(out, replace=force) as tmp:
+    with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
         write_weights(base_dir, tmp, replace)
         write_config(base_dir, tmp, vocab_size, tokenizer)
