@@ -13,6 +13,7 @@ support as well, so the result is the model ``from_pretrained(gguf_file=...)`` w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,12 @@ def _tensors(path: Path, reader: GGUFReader, gguf_config: dict[str, Any], model:
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=gguf_config)
     names = get_gguf_hf_weights_map(model, processor)
     shapes = {name: list(p.shape) for name, p in model.named_parameters()}  # a tied lm_head is not listed
-    tensors = [
-        ShardTensor(names[t.name], "F32", shapes[names[t.name]], 4 * int(np.prod(shapes[names[t.name]])),
-                    _reader(path, t, shapes[names[t.name]], processor, names))
-        for t in reader.tensors
-        if names.get(t.name) in shapes
-    ]
+    tensors = []
+    for t in reader.tensors:
+        name = names.get(t.name)
+        if name in shapes:  # GGUF-only tensors (rope_freqs) are skipped, as transformers does
+            shape = shapes[name]
+            tensors.append(ShardTensor(name, "F32", shape, 4 * math.prod(shape), _reader(path, t, shape, processor, names)))
     missing = sorted(set(shapes) - {t.name for t in tensors})
     if missing:
         raise UserError(f"{path}: the GGUF has no tensor for {', '.join(missing[:3])} (of {len(missing)})")
