@@ -28,6 +28,7 @@ from transformers.modeling_gguf_pytorch_utils import (
     TensorProcessor,
     get_gguf_hf_weights_map,
     load_gguf_checkpoint,
+    read_field,
 )
 
 from transplant.atomic import atomic_path
@@ -64,7 +65,7 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
 
 def _tensors(path: Path, reader: GGUFReader, gguf_config: dict[str, Any], model: PreTrainedModel) -> list[ShardTensor]:
     """Every tensor of ``model`` (built on the meta device) in the file's order, as float32."""
-    architecture = str(reader.fields["general.architecture"].contents())
+    architecture = read_field(reader, "general.architecture")[0]
     if is_gguf_arch_supported(architecture) or architecture in _MERGING:
         raise UserError(f"{path}: converting {architecture} GGUFs tensor by tensor is not supported")
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=gguf_config)
