@@ -13,6 +13,11 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
+
+from transplant.errors import UserError
+
+Existing = Literal["keep", "replace", "refuse"]
 
 
 def _remove(path: Path) -> None:
@@ -30,14 +35,48 @@ def fsync_tree(path: Path) -> None:
             os.fsync(f.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a rename is a change to the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, target: Path, existing: Existing) -> None:
+    """Rename ``tmp`` to ``target``, unless a ``target`` that appeared meanwhile wins.
+
+    A directory cannot be renamed onto a non-empty one, so a concurrent writer's result shows
+    up either in the check or as the rename's error. (A file would be silently overwritten in
+    the instant between the two, which for a cache means equal content.)
+    """
+    if not target.exists():
+        try:
+            os.replace(tmp, target)
+            return
+        except OSError:
+            if not target.exists():
+                raise
+    if existing != "keep":
+        raise UserError(f"{target} appeared while it was being written; it was left as it is")
+
+
 @contextmanager
-def atomic_path(target: Path, replace: bool = False, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: Path, existing: Existing = "keep", suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; when the block succeeds, rename it to ``target``.
 
-    The block creates the file or directory at the yielded path. With ``replace`` an existing
-    target is moved aside first and deleted only once the new one is in place; if anything
-    fails (the block, or the final rename), the old target is restored and the temporary
-    removed. ``suffix`` is kept at the end of the temporary name (e.g. ``.npy``).
+    The block creates the file or directory at the yielded path. What happens to a ``target``
+    that exists when the block is done (callers check before starting, so unless they replace
+    it on purpose, another process wrote it meanwhile):
+
+    - ``"keep"`` (caches): the other process wrote the same thing; keep theirs, drop ours.
+    - ``"replace"`` (``--force``): move it aside, rename ours into place, then delete it; if
+      anything fails (the block, or the final rename), it is put back.
+    - ``"refuse"`` (an output the user did not ask to replace): a UserError; theirs is kept.
+
+    The temporary is removed whatever happens. ``suffix`` is kept at the end of the temporary
+    name (e.g. ``.npy``).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -50,14 +89,16 @@ def atomic_path(target: Path, replace: bool = False, suffix: str = "") -> Iterat
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp}")
         fsync_tree(tmp)
-        if replace and target.exists():
+        if existing == "replace" and target.exists():
             os.replace(target, old)
             moved_aside = True
-        os.replace(tmp, target)
+        _publish(tmp, target, existing)
+        _fsync_dir(target.parent)
     except BaseException:
-        _remove(tmp)
         if moved_aside and not target.exists():
             os.replace(old, target)
         raise
+    finally:
+        _remove(tmp)  # already renamed on success; ours after a failure or when theirs was kept
     if moved_aside:
         _remove(old)

@@ -9,10 +9,9 @@ model class itself (built on the meta device, no weights) rather than guessed fr
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transplant.atomic import atomic_path
 from transplant.chat import end_of_turn_ids
 from transplant.errors import UserError
+from transplant.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
 
 
 @dataclass
@@ -71,124 +71,85 @@ def _read_tensor(path: Path, name: str) -> torch.Tensor:
     if path.suffix == ".safetensors":
         try:
             with safe_open(path, "pt") as f:
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in torch_dtypes():
+                    raise UserError(f"{path}: tensor {name!r} has dtype {dtype}, which torch cannot represent")
                 return f.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path}: corrupt safetensors file ({e})") from e
     return _load_pickle(path)[name].clone()
 
 
-def embedding_names(directory: Path) -> tuple[str, str | None]:
-    """(input name, output name or None when tied) from the model class itself."""
+@dataclass(frozen=True)
+class EmbeddingNames:
+    """Where a model class keeps its embeddings, asked of the class itself."""
+
+    input: str
+    output: str | None  # the lm_head weight; None for a model without one
+    tied: bool  # the config (or the class) shares lm_head with the input embeddings
+
+
+def embedding_names(directory: Path) -> EmbeddingNames:
+    """The model class built on the meta device (no weights) says which tensors are embeddings."""
     config = AutoConfig.from_pretrained(directory)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    names: dict[int, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), name)  # a tied weight keeps its first (embedding) name
-    input_weight = model.get_input_embeddings().weight
+    modules = {id(module): name for name, module in model.named_modules()}
+    input_module = model.get_input_embeddings()
     output_module = model.get_output_embeddings()
-    input_name = names[id(input_weight)]
     tied_by_config = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
-    tied = tied_by_config or output_module is None or output_module.weight is input_weight
-    return input_name, None if tied else names[id(output_module.weight)]
+    tied = tied_by_config or output_module is None or output_module.weight is input_module.weight
+    output = None if output_module is None else f"{modules[id(output_module)]}.weight"
+    return EmbeddingNames(f"{modules[id(input_module)]}.weight", output, tied)
 
 
 def read_embeddings(directory: Path) -> Embeddings:
-    """Load just the embedding (and untied lm_head) tensors of a checkpoint."""
+    """Load just the embedding (and untied lm_head) tensors of a checkpoint.
+
+    A tied config whose files also hold lm_head is read the way transformers loads it: a
+    copy equal to the embeddings is the tied head (and is not written back, see
+    :func:`write_weights`); a different one is a head of its own, which transformers keeps
+    untied, so it is transplanted like any untied lm_head.
+    """
     files = weight_files(directory)
-    input_name, output_name = embedding_names(directory)
-    if input_name not in files:
-        raise UserError(f"{directory}: checkpoint has no tensor {input_name!r}")
-    if output_name is not None and output_name not in files:
-        raise UserError(f"{directory}: checkpoint has no tensor {output_name!r}")
-    return Embeddings(
-        input_name=input_name,
-        output_name=output_name,
-        input=_read_tensor(files[input_name], input_name),
-        output=None if output_name is None else _read_tensor(files[output_name], output_name),
-    )
+    names = embedding_names(directory)
+    if names.input not in files:
+        raise UserError(f"{directory}: checkpoint has no tensor {names.input!r}")
+    rows = _read_tensor(files[names.input], names.input)
+    if names.output not in files or names.output == names.input:
+        if not names.tied:
+            raise UserError(f"{directory}: checkpoint has no tensor {names.output!r}")
+        return Embeddings(names.input, None, rows, None)
+    head = _read_tensor(files[names.output], names.output)
+    if names.tied and torch.equal(head, rows):
+        return Embeddings(names.input, None, rows, None)
+    return Embeddings(names.input, names.output, rows, head)
 
 
-def _shards(directory: Path) -> dict[Path, list[str]]:
-    shards: dict[Path, list[str]] = {}
-    for name, path in weight_files(directory).items():
-        shards.setdefault(path, []).append(name)
-    return shards
-
-
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
-_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
-
-
-def _shard_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of one base shard, one at a time, with replacements swapped in."""
+def _base_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> list[ShardTensor]:
+    """The tensors of one base shard, with replacements swapped in; unchanged ones copied as bytes."""
     if path.suffix == ".safetensors":
-        with safe_open(path, "pt") as f:
-            for name in names:
-                yield name, replace[name] if name in replace else f.get_tensor(name)
+        copied = {t.name: t for t in file_tensors(path, [n for n in names if n not in replace])}
     else:
         state = _load_pickle(path)
-        for name in names:
-            yield name, replace.get(name, state[name])
-
-
-def _shapes(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> list[tuple[str, str, list[int]]]:
-    """(name, safetensors dtype, shape) of every tensor of a shard, without reading data."""
-    out = []
-    if path.suffix == ".safetensors":
-        with safe_open(path, "pt") as f:
-            for name in names:
-                if name in replace:
-                    out.append((name, _SAFETENSORS_DTYPES[replace[name].dtype], list(replace[name].shape)))
-                else:
-                    piece = f.get_slice(name)
-                    out.append((name, piece.get_dtype(), list(piece.get_shape())))
-    else:
-        for name, tensor in _shard_tensors(path, names, replace):
-            out.append((name, _SAFETENSORS_DTYPES[tensor.dtype], list(tensor.shape)))
-    return out
-
-
-def write_shard(out: Path, layout: list[tuple[str, str, list[int]]], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
-    """Write a safetensors file one tensor at a time; returns the bytes of tensor data.
-
-    ``safetensors.torch.save_file`` serializes a whole dict into one buffer (two copies of
-    a shard in RAM); the header only needs shapes and dtypes, so it is written first and
-    each tensor's bytes follow as they are read.
-    """
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, dtype, shape in layout:
-        size = _TORCH_DTYPES[dtype].itemsize * math.prod(shape)
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with out.open("wb") as f:
-        f.write(len(encoded).to_bytes(8, "little"))
-        f.write(encoded)
-        for (name, dtype, _), (got, tensor) in zip(layout, tensors):
-            assert name == got and _SAFETENSORS_DTYPES[tensor.dtype] == dtype
-            f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
-    return offset
+        copied = {name: torch_tensor(name, state[name]) for name in names if name not in replace}
+    return [torch_tensor(name, replace[name]) if name in replace else copied[name] for name in names]
 
 
 def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor]) -> None:
-    """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time."""
-    shards = _shards(base_dir)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for number, (path, names) in enumerate(shards.items(), start=1):
-        shard_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-        total += write_shard(out_dir / shard_name, _shapes(path, names, replace), _shard_tensors(path, names, replace))
-        weight_map.update({name: shard_name for name in names})
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time.
+
+    A tied model's lm_head copy that was not replaced (a copy of the old embeddings, see
+    :func:`read_embeddings`) is left out: tied, the model reads its head from the new
+    embeddings, and a copy with the old vocabulary size would not load.
+    """
+    names = embedding_names(base_dir)
+    stale = {names.output} if names.tied and names.output != names.input and names.output not in replace else set()
+    shards: dict[Path, list[str]] = {}
+    for name, path in weight_files(base_dir).items():
+        if name not in stale:
+            shards.setdefault(path, []).append(name)
+    write_shards(out_dir, [_base_tensors(path, shard, replace) for path, shard in shards.items()])
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -233,7 +194,7 @@ def export(
     ``record()`` is called after everything else is written, so transplant.json can time the writing."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    with atomic_path(out, replace=force) as tmp:
+    with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
         write_weights(base_dir, tmp, replace)
         write_config(base_dir, tmp, vocab_size, tokenizer)

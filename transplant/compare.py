@@ -4,7 +4,9 @@ Each method's checkpoint goes to `OUT/<method>/`; every checkpoint and the base 
 the same documents (the base once), and the ranking by byte-level perplexity ratio is written
 to `OUT/report.md`, `OUT/report.json` and `OUT/ratio.png`. A method directory that already
 holds a finished transplant (`transplant.json`) is reused unless `force` is set, so an
-interrupted comparison resumes where it stopped.
+interrupted comparison resumes where it stopped; only if its record says it is the same
+transplant (base, tokenizer, donor, method, options, seed, chat template, tool version),
+else it is made again.
 
 A method may carry options, so variants of one method compete side by side:
 ``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0/`.
@@ -15,13 +17,16 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from transplant import __version__
 from transplant.errors import UserError
 from transplant.evaluate import Document, EvalConfig, Evaluation, Progress, evaluate_model, load_corpus, load_model
 from transplant.methods import registry
 from transplant.options import build_options
+from transplant.pipeline import TransplantConfig, transplant
 from transplant.report import write_report
 
 
@@ -94,17 +99,39 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
-def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
-    from transplant.pipeline import TransplantConfig, transplant
+def _request(config: TransplantConfig) -> dict[str, Any]:
+    """The fields of ``transplant.json`` that say which transplant a checkpoint is, as ``config`` would write them."""
+    method = registry.get(config.method)
+    request = {
+        "version": __version__,
+        "base": config.base,
+        "tokenizer": config.tokenizer,
+        "donor": (config.donor or config.tokenizer) if method.needs_donor else None,
+        "method": config.method,
+        "options": asdict(build_options(method.Options, config.options)),
+        "seed": config.seed,
+        "chat_template": config.chat_template,
+    }
+    return json.loads(json.dumps(request, default=str))  # compared with what was read back from JSON
 
+
+def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
+    """``OUT/<spec>/``: transplanted now, or reused when it holds exactly the transplant asked for."""
     out = cfg.out / spec.replace(":", "_")
-    if (out / "transplant.json").is_file() and not cfg.force:
-        log(f"{spec}: reusing {out}")
-        return out
-    log(f"{spec}: transplanting into {out}")
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
                               donor=cfg.donor, seed=cfg.seed, force=cfg.force)
+    record = out / "transplant.json"
+    if record.is_file() and not cfg.force:
+        found = json.loads(record.read_text())
+        differs = [f"{key} differs" for key, value in _request(config).items() if found.get(key) != value]
+        if not differs:
+            log(f"{spec}: reusing {out}")
+            return out
+        log(f"{spec}: {out} holds another transplant ({', '.join(differs)}); transplanting again")
+        config = replace(config, force=True)
+    else:
+        log(f"{spec}: transplanting into {out}")
     return transplant(config).out
 
 
