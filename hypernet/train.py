@@ -292,11 +292,8 @@ def train(cfg: HypernetTrainConfig) -> Path:
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg)
     task = HypernetTask(cfg, accelerator)
-    if accelerator.is_main_process:
-        if cfg.force and not cfg.resume:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and cfg.force and not cfg.resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     fit(task, cfg, out, accelerator, resume=cfg.resume)
     return out
 

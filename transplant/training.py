@@ -394,6 +394,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         _truncate_log(accelerator, out, progress.step)
         accelerator.print(f"resumed from {checkpoints(out)[-1]} at step {progress.step}")
     elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
         (out / "log.jsonl").unlink(missing_ok=True)
     rank, world, per_step = accelerator.process_index, accelerator.num_processes, cfg.batch_size * accelerator.num_processes
 
