@@ -42,7 +42,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
-from hypernet.zett import HyperNetwork, HypernetConfig, base_hash, padded_pieces, save_hypernet
+from hypernet.zett import HyperNetwork, HypernetConfig, base_hash, padded_ids, save_hypernet
 from transplant.checkpoint import read_embeddings
 from transplant.errors import UserError
 from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, prefix_token_id
@@ -165,11 +165,11 @@ class HypernetTask:
         rng = np.random.default_rng(seed)
         self.sampler.push(texts)
         vocab = self.step_vocab(step, rng)
-        tokens = padded_pieces([ids[: cfg.seq_len] for ids in vocab.encode(texts)]).to(device)  # (B, T), -1 pad
+        tokens = padded_ids([ids[: cfg.seq_len] for ids in vocab.encode(texts)]).to(device)  # (B, T), -1 pad
         valid = tokens >= 0
         positives, local = torch.unique(tokens[valid], return_inverse=True)
-        selected, bias = self.candidates(positives, vocab.size, rng)
-        pieces = padded_pieces(vocab.pieces(selected)).to(device)
+        selected, bias = self.candidates(positives, vocab, rng)
+        pieces = padded_ids(vocab.pieces(selected)).to(device)
         with self.accelerator.autocast():
             rows_in, rows_out = model(pieces)
             rows_out = rows_in if rows_out is None else rows_out
@@ -189,15 +189,19 @@ class HypernetTask:
         metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(vocab.size), "rows": float(len(selected))}
         return StepOutput(loss, int(valid.sum()), metrics)
 
-    def candidates(self, positives: torch.Tensor, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ids whose rows this step predicts (positives first) and the logit correction of each."""
+    def candidates(self, positives: torch.Tensor, vocab: StepVocab, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids whose rows this step predicts (positives first) and each one's logit correction.
+
+        Tokens the base cannot spell are left out: they are bytes that never occur in UTF-8
+        text (a byte-level base drops them from its vocabulary), so they never occur here either.
+        """
         device = positives.device
-        if self.cfg.vocab_mode == "full":
-            return torch.arange(size, device=device), torch.zeros(size, device=device)
-        rest = np.setdiff1d(np.arange(size), positives.cpu().numpy(), assume_unique=True)
-        drawn = rng.choice(rest, size=min(self.cfg.negatives, len(rest)), replace=False)
-        selected = torch.cat([positives, torch.as_tensor(drawn, dtype=torch.long, device=device)])
+        spellable = torch.tensor([bool(p) for p in vocab.pieces(torch.arange(vocab.size))])
+        spellable[positives.cpu()] = False
+        rest = spellable.nonzero().squeeze(1).numpy()
+        drawn = rest if self.cfg.vocab_mode == "full" else rng.choice(rest, min(self.cfg.negatives, len(rest)), replace=False)
         correction = math.log(len(rest) / len(drawn)) if len(drawn) else 0.0
+        selected = torch.cat([positives, torch.as_tensor(drawn, dtype=torch.long, device=device)])
         bias = torch.cat([torch.zeros(len(positives), device=device), torch.full((len(drawn),), correction, device=device)])
         return selected, bias
 
@@ -242,7 +246,7 @@ class HypernetTask:
 
     @torch.no_grad()
     def predict_all(self, model: HyperNetwork, vocab: StepVocab, batch: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [model(padded_pieces(vocab.pieces(ids)).to(model.base_input.device))
+        parts = [model(padded_ids(vocab.pieces(ids)).to(model.base_input.device))
                  for ids in torch.arange(vocab.size).split(batch)]
         rows_in = torch.cat([p[0] for p in parts])
         rows_out = rows_in if model.config.tied else torch.cat([p[1] for p in parts])

@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
-from transplant.methods.baselines import mean_rows, mix_rows
+from transplant.methods.baselines import mix_rows
 from transplant.methods.registry import register
 
 CONFIG_FILE = "config.json"
@@ -71,9 +71,9 @@ def base_hash(tokens: Sequence[str | None], base_input: torch.Tensor, base_outpu
     return digest.hexdigest()
 
 
-def padded_pieces(decompositions: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(n, longest) base ids padded with -1, the layout :class:`HyperNetwork` reads."""
-    rows = [torch.tensor(d, dtype=torch.long) for d in decompositions]
+def padded_ids(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(n, longest) ids padded with -1: the layout :class:`HyperNetwork` reads its pieces in."""
+    rows = [torch.tensor(r, dtype=torch.long) for r in rows]
     return pad_sequence(rows, batch_first=True, padding_value=-1)
 
 
@@ -109,21 +109,28 @@ class HyperNetwork(nn.Module):
         return self.base_output if which == "output" and self.base_output is not None else self.base_input
 
     def forward(self, pieces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows for tokens given as (n, L) base pieces padded with -1; every row needs one piece.
+        """Rows for tokens given as (n, L) base pieces padded with -1.
 
-        The residual mean runs over *all* pieces (as ``subword`` does); the encoder reads the
-        first ``max_pieces``.
+        As under ``subword``: the residual mean runs over *all* pieces, and a token without
+        pieces (a special, or a byte the base vocabulary lacks) gets the mean base row. The
+        encoder reads the first ``max_pieces``.
         """
         present = pieces >= 0
-        weights = present.float() / present.sum(1, keepdim=True)
-        clipped = pieces[:, : self.config.max_pieces]
-        safe = clipped.clamp(min=0)
-        x = self.base_input[safe]
+        count = present.sum(1, keepdim=True)
+        weights = present.float() / count.clamp(min=1)
+        clipped = pieces[:, : self.config.max_pieces].clamp(min=0)
+        x = self.base_input[clipped]
         if self.base_output is not None:
-            x = torch.cat([x, self.base_output[safe]], dim=-1)
+            x = torch.cat([x, self.base_output[clipped]], dim=-1)
         x = self.project(x) + self.positions[: clipped.shape[1]]
-        pooled = self.norm(self.encoder(x, src_key_padding_mask=clipped < 0))[:, 0]
-        rows = {name: mix_rows(self.matrix(name), pieces, weights) + head(pooled) for name, head in self.heads.items()}
+        padding = ~present[:, : clipped.shape[1]]
+        padding[:, 0] = False  # a token without pieces reads one dummy piece; its row is replaced below
+        pooled = self.norm(self.encoder(x, src_key_padding_mask=padding))[:, 0]
+        rows = {}
+        for name, head in self.heads.items():
+            matrix = self.matrix(name)
+            predicted = mix_rows(matrix, pieces, weights) + head(pooled)
+            rows[name] = torch.where(count > 0, predicted, matrix.mean(0))
         return rows["input"], rows.get("output")
 
 
@@ -182,20 +189,15 @@ class Zett(MethodBase):
     Options: ClassVar[type] = ZettOptions
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
-        """Predicted rows, in batches of tokens sorted by piece count (little padding);
-        tokens without pieces (specials) get the mean row, as under ``subword``."""
+        """Predicted rows, in batches of tokens sorted by piece count (little padding)."""
         if "zett" not in ctx.cache:
             tokens = ctx.match.base_vocab.tokens
             ctx.cache["zett"] = load_hypernet(Path(ctx.options.hypernet), tokens, ctx.base_input, ctx.base_output).to(ctx.device)
         model: HyperNetwork = ctx.cache["zett"]
         lengths = torch.tensor([len(ctx.match.decompose(i)) for i in missing.tolist()])
-        order = torch.argsort(lengths, stable=True)
         rows = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
         with torch.inference_mode():
-            for batch in order[lengths[order] > 0].split(ctx.options.batch_size):
+            for batch in torch.argsort(lengths, stable=True).split(ctx.options.batch_size):
                 predicted_input, predicted_output = model(ctx.match.decompose_padded(missing[batch]).to(ctx.device))
                 rows[batch.to(ctx.device)] = predicted_output if which == "output" and predicted_output is not None else predicted_input
-        empty = (lengths == 0).to(ctx.device)
-        if empty.any():
-            rows[empty] = mean_rows(ctx, which, int(empty.sum()))
         return rows
