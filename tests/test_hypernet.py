@@ -76,6 +76,15 @@ def test_step_zero_is_subword(match, tied: bool, tmp_path: Path) -> None:
     assert any(len(match.decompose(i)) > 1 for i in match.missing.tolist())  # not only one-piece tokens
 
 
+def test_token_without_pieces_gets_the_mean_row() -> None:
+    base = torch.randn(50, 24)
+    model = HyperNetwork(HypernetConfig(24, True, "", width=32), base, None)
+    with torch.no_grad():
+        model.heads["input"].weight.normal_()  # a trained head must not reach an empty token either
+        rows, _ = model(torch.tensor([[-1, -1], [3, -1]]))
+    assert torch.equal(rows[0], base.mean(0)) and not torch.equal(rows[1], base[3])
+
+
 def test_wrong_base_is_refused_in_one_line(match, tmp_path: Path) -> None:
     directory = untrained(context(match, tied=True), tmp_path / "hn")
     zett = registry.get("zett")()
