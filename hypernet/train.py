@@ -1,0 +1,320 @@
+"""Train a ZeTT hypernetwork for one base model (``transplant hypernet train``).
+
+Every step: draw a tokenizer (:mod:`hypernet.sampler`), tokenize the step's texts with it,
+predict embedding rows for its tokens with the hypernetwork, and run the *frozen* base LM
+on them — predicted input rows replace the embedding lookup, logits come from the
+predicted output rows. Only the hypernetwork learns. Loss = causal-LM cross-entropy +
+``lexical_weight`` x the squared distance between predicted and real base rows for the
+tokens that are exactly one base token (they have a right answer; the rest only have the LM).
+
+Which rows a step predicts (``vocab_mode``):
+- ``full``: the whole sampled vocabulary, an exact softmax (ZeTT's setting; for a GPU).
+- ``sampled``: the tokens in the batch plus ``negatives`` others drawn uniformly from the
+  rest of the sampled vocabulary, whose logits get the importance correction
+  log((N - positives) / negatives) so their exp-sum estimates the missing part of the
+  partition function. On a CPU the hypernetwork over a whole 16k vocabulary costs far
+  more than the LM (METHODS.md, cost note); this keeps it to a few thousand rows.
+
+The first ``base_tokenizer_steps`` steps use the base tokenizer itself (every token its own
+single piece): a short warm-up that anchors the heads where the right answer is known.
+
+Run ``python -m hypernet.train --config recipes/hypernet/smollm2-cpu.yaml --corpus F -o DIR``,
+or the same under ``accelerate launch -m hypernet.train …`` for several processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
+from hypernet.zett import HyperNetwork, HypernetConfig, base_hash, padded_pieces, save_hypernet
+from transplant.checkpoint import read_embeddings
+from transplant.errors import UserError
+from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, prefix_token_id
+from transplant.sources import resolve_model
+from transplant.surface import vocabulary
+from transplant.training import (
+    StepOutput, TrainConfig, check_corpora, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
+)
+from transplant.vocab import encode_bytes
+
+
+@dataclass
+class HypernetTrainConfig(TrainConfig):
+    """Everything ``transplant hypernet train`` reads; a recipe YAML sets any of it."""
+
+    base: str = ""
+    corpus: list[str] = field(default_factory=list)
+    out: str = ""
+    resume: bool = False
+    force: bool = False
+    eval_corpus: str | None = None  # held-out .txt/.jsonl: bits/byte under a fixed sampled tokenizer
+    eval_docs: int = 32  # per group of the eval corpus
+    # the network (0 = derived from the base; see HypernetConfig)
+    width: int = 0
+    layers: int = 3
+    heads: int = 0
+    mlp_ratio: int = 2
+    max_pieces: int = 7
+    # the tokenizers
+    min_vocab: int = 8_000
+    max_vocab: int = 32_000
+    noise_std: float = 1.0
+    queue_texts: int = 256
+    # the step
+    chunk_chars: int = 0  # characters of text per example; 0 = 6 x seq_len (enough for seq_len tokens)
+    vocab_mode: Literal["sampled", "full"] = "sampled"
+    negatives: int = 2048
+    lexical_weight: float = 0.5
+    base_tokenizer_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.base or not self.out:
+            raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
+        check_corpora(self.corpus)
+        if self.eval_corpus is not None:
+            check_corpora([self.eval_corpus])
+        if not 0 < self.min_vocab <= self.max_vocab:
+            raise UserError(f"need 0 < min_vocab <= max_vocab, got {self.min_vocab} and {self.max_vocab}")
+        if self.max_pieces < 1 or self.negatives < 0 or self.lexical_weight < 0 or self.noise_std < 0:
+            raise UserError("max_pieces must be at least 1; negatives, lexical_weight and noise_std not negative")
+        out = Path(self.out)
+        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
+            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.min_vocab, self.max_vocab, self.noise_std, self.queue_texts)
+
+
+@dataclass
+class StepVocab:
+    """The vocabulary of one step: how it tokenizes, how big it is, how its tokens are
+    spelled in base pieces."""
+
+    encode: Callable[[list[str]], list[list[int]]]
+    size: int
+    pieces: Callable[[torch.Tensor], list[list[int]]]
+
+
+class HypernetTask:
+    """The hypernetwork trainer's side of :func:`transplant.training.fit`."""
+
+    def __init__(self, cfg: HypernetTrainConfig, accelerator: Accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+        base_dir = resolve_model(cfg.base)
+        self.base_tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        self.base_vocab = vocabulary(self.base_tokenizer)
+        embeddings = read_embeddings(base_dir)
+        base_input = embeddings.input.float()
+        base_output = None if embeddings.output is None else embeddings.output.float()
+        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+        self.lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).eval().requires_grad_(False)
+        self.lm.to(accelerator.device)
+        self.softcap = getattr(self.lm.config, "final_logit_softcapping", None)
+        self.embed_scale = _embedding_scale(self.lm)
+        self.prefix = prefix_token_id(self.base_tokenizer)
+        config = HypernetConfig(
+            hidden_size=base_input.shape[1], tied=base_output is None,
+            base_hash=base_hash(self.base_vocab.tokens, base_input, base_output), width=cfg.width,
+            layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, max_pieces=cfg.max_pieces,
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = HyperNetwork(config, base_input, base_output)
+        self.sampler = TokenizerSampler(cfg.sampler)
+        self.corpora = check_corpora(cfg.corpus)
+        self.decompose = functools.lru_cache(maxsize=1 << 20)(
+            lambda piece: encode_bytes(self.base_tokenizer, self.base_vocab, piece_bytes(piece))
+        )
+
+    # --- data -------------------------------------------------------------------------
+
+    def examples(self, epoch: int) -> Iterator[str]:
+        chars = self.cfg.chunk_chars or 6 * self.cfg.seq_len
+        return text_chunks(documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer), chars)
+
+    def step_vocab(self, step: int, rng: np.random.Generator) -> StepVocab:
+        """The base tokenizer during the warm-up, a freshly sampled one after it."""
+        if step < self.cfg.base_tokenizer_steps:
+            encode = functools.partial(self.base_tokenizer, add_special_tokens=False)
+            return StepVocab(lambda texts: encode(texts)["input_ids"], len(self.base_vocab),
+                             lambda ids: [[i] for i in ids.tolist()])
+        tokenizer = self.sampler.sample(rng)
+        return _sampled_vocab(tokenizer, self.decompose)
+
+    # --- the step -----------------------------------------------------------------------
+
+    def loss(self, model: torch.nn.Module, texts: list[str], step: int, seed: int) -> StepOutput:
+        cfg, device = self.cfg, self.accelerator.device
+        rng = np.random.default_rng(seed)
+        self.sampler.push(texts)
+        vocab = self.step_vocab(step, rng)
+        tokens = padded_pieces([ids[: cfg.seq_len] for ids in vocab.encode(texts)]).to(device)  # (B, T), -1 pad
+        valid = tokens >= 0
+        positives, local = torch.unique(tokens[valid], return_inverse=True)
+        selected, bias = self.candidates(positives, vocab.size, rng)
+        pieces = padded_pieces(vocab.pieces(selected)).to(device)
+        with self.accelerator.autocast():
+            rows_in, rows_out = model(pieces)
+            rows_out = rows_in if rows_out is None else rows_out
+            # position 0 reads the base's document prefix (BOS); position i + 1 reads token i
+            table = torch.cat([self.model.base_input[self.prefix].unsqueeze(0), rows_in]) * self.embed_scale
+            token_rows = torch.zeros_like(tokens)
+            token_rows[valid] = local + 1
+            inputs = torch.cat([torch.zeros_like(tokens[:, :1]), token_rows[:, :-1]], dim=1)
+            mask = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], dim=1).long()
+            hidden = self.lm.base_model(inputs_embeds=table[inputs], attention_mask=mask).last_hidden_state
+            logits = hidden[valid].float() @ rows_out.float().T + bias
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            ce = F.cross_entropy(logits, local)
+            lexical = self.lexical(pieces, rows_in, rows_out)
+        loss = ce + cfg.lexical_weight * lexical
+        metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(vocab.size), "rows": float(len(selected))}
+        return StepOutput(loss, int(valid.sum()), metrics)
+
+    def candidates(self, positives: torch.Tensor, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids whose rows this step predicts (positives first) and the logit correction of each."""
+        device = positives.device
+        if self.cfg.vocab_mode == "full":
+            return torch.arange(size, device=device), torch.zeros(size, device=device)
+        rest = np.setdiff1d(np.arange(size), positives.cpu().numpy(), assume_unique=True)
+        drawn = rng.choice(rest, size=min(self.cfg.negatives, len(rest)), replace=False)
+        selected = torch.cat([positives, torch.as_tensor(drawn, dtype=torch.long, device=device)])
+        correction = math.log(len(rest) / len(drawn)) if len(drawn) else 0.0
+        bias = torch.cat([torch.zeros(len(positives), device=device), torch.full((len(drawn),), correction, device=device)])
+        return selected, bias
+
+    def lexical(self, pieces: torch.Tensor, rows_in: torch.Tensor, rows_out: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance (summed over dimensions) to the base rows, over the tokens
+        that are exactly one base token; 0 when a step has none."""
+        single = (pieces[:, 0] >= 0) & ((pieces[:, 1:] < 0).all(1) if pieces.shape[1] > 1 else True)
+        if not single.any():
+            return rows_in.sum() * 0.0
+        ids = pieces[single, 0]
+        distance = (rows_in[single] - self.model.base_input[ids]).pow(2).sum(-1)
+        if self.model.base_output is not None:
+            distance = distance + (rows_out[single] - self.model.base_output[ids]).pow(2).sum(-1)
+        return distance.float().mean()
+
+    # --- evaluation and export -----------------------------------------------------------
+
+    def evaluate(self, model: HyperNetwork) -> dict[str, float]:
+        """Bits per byte of the frozen LM on the eval corpus under one fixed tokenizer
+        (sampled from the eval text itself with seed 0): the same figure at every eval, so
+        the curve shows what training changed; the first point is the ``subword`` baseline."""
+        if self.cfg.eval_corpus is None:
+            return {}
+        docs = load_corpus(Path(self.cfg.eval_corpus), self.cfg.eval_docs)
+        sampler = TokenizerSampler(SamplerConfig((self.cfg.min_vocab + self.cfg.max_vocab) // 2,
+                                                 (self.cfg.min_vocab + self.cfg.max_vocab) // 2, 0.0, len(docs)))
+        sampler.push(d.text for d in docs)
+        tokenizer = sampler.sample(np.random.default_rng(0))
+        vocab = _sampled_vocab(tokenizer, self.decompose)
+        bos = self.base_tokenizer.convert_ids_to_tokens(self.prefix)
+        tokenizer.add_special_tokens([bos])
+        rows_in, rows_out = self.predict_all(model, vocab)
+        prefix_in = model.base_input[self.prefix : self.prefix + 1]
+        prefix_out = model.matrix("output")[self.prefix : self.prefix + 1]
+        with swapped_embeddings(self.lm, torch.cat([rows_in, prefix_in]), torch.cat([rows_out, prefix_out])):
+            result = evaluate_model(self.lm, PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos), docs,
+                                    config=EvalConfig(batch_size=4, max_length=self.cfg.seq_len))
+        figures = {"bpb": result.overall.bits_per_byte}
+        if len(result.groups) > 1:
+            figures.update({f"bpb/{group}": score.bits_per_byte for group, score in result.groups.items()})
+        return figures
+
+    @torch.no_grad()
+    def predict_all(self, model: HyperNetwork, vocab: StepVocab, batch: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [model(padded_pieces(vocab.pieces(ids)).to(model.base_input.device))
+                 for ids in torch.arange(vocab.size).split(batch)]
+        rows_in = torch.cat([p[0] for p in parts])
+        rows_out = rows_in if model.config.tied else torch.cat([p[1] for p in parts])
+        return rows_in, rows_out
+
+    def export(self, model: HyperNetwork, out: Path) -> None:
+        save_hypernet(model, out, {"base": self.cfg.base, "training": config_dict(self.cfg)})
+
+    def state_objects(self) -> list:
+        return [self.sampler]
+
+
+def _sampled_vocab(tokenizer: Tokenizer, decompose: Callable[[str], list[int]]) -> StepVocab:
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    return StepVocab(encode, tokenizer.get_vocab_size(),
+                     lambda ids: [decompose(tokenizer.id_to_token(i)) for i in ids.tolist()])
+
+
+def _embedding_scale(lm) -> float:
+    """The factor the model's embedding module applies to a looked-up row (Gemma scales by
+    sqrt(hidden)); predicted rows bypass that module, so they get it here."""
+    embed = lm.get_input_embeddings()
+    probe = torch.arange(min(8, embed.weight.shape[0]), device=embed.weight.device)
+    with torch.no_grad():
+        looked_up, raw = embed(probe).float(), embed.weight[probe].float()
+    return float(looked_up.norm() / raw.norm().clamp(min=1e-12))
+
+
+@contextmanager
+def swapped_embeddings(lm, rows_in: torch.Tensor, rows_out: torch.Tensor) -> Iterator[None]:
+    """The LM with its embedding and lm_head weights replaced for a while (then restored)."""
+    embed, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    saved = embed.weight, head.weight
+    dtype = saved[0].dtype
+    embed.weight = torch.nn.Parameter(rows_in.to(dtype), requires_grad=False)
+    head.weight = torch.nn.Parameter(rows_out.to(dtype), requires_grad=False)
+    try:
+        yield
+    finally:
+        embed.weight, head.weight = saved
+
+
+def train(cfg: HypernetTrainConfig) -> Path:
+    """Train a hypernetwork as ``cfg`` says; returns the directory ``--method zett`` reads."""
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg)
+    task = HypernetTask(cfg, accelerator)
+    if accelerator.is_main_process and cfg.force and not cfg.resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    fit(task, cfg, out, accelerator, resume=cfg.resume)
+    return out
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a ZeTT hypernetwork for a base model.")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--base")
+    parser.add_argument("--corpus", nargs="+")
+    parser.add_argument("--eval-corpus")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("-o", "--out")
+    parser.add_argument("--resume", action="store_true", default=None)
+    parser.add_argument("--force", action="store_true", default=None)
+    args = vars(parser.parse_args(None if argv is None else list(argv)))
+    try:
+        cfg = load_config(HypernetTrainConfig, args.pop("config"), **args)
+        print(f"hypernetwork written to {train(cfg)}")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

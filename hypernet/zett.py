@@ -1,0 +1,201 @@
+"""ZeTT-style hypernetwork: a token's embedding rows predicted from its surface string.
+
+For a base model B, a token of any tokenizer is spelled by B's own tokenizer as base
+pieces (the decomposition ``subword`` averages). The hypernetwork reads the frozen base
+rows of those pieces (input ⊕ output rows when B is untied), projects them to its width,
+runs a small transformer encoder over them (learned positions, padding masked) and pools
+the first position; one head per matrix adds a correction to the mean of the pieces'
+rows:
+
+    row(t) = mean_j E[piece_j]  +  head(encoder(pieces))
+
+The heads start at zero, so an untrained hypernetwork *is* the ``subword`` baseline and
+training can only move away from it where the LM loss says so. A trained hypernetwork is
+tied to its base: its directory records the base's hidden size and a hash of the base
+vocabulary and embedding matrices, and applying it to anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from transplant.errors import UserError
+from transplant.methods.base import Context, MethodBase, Which
+from transplant.methods.baselines import mean_rows, mix_rows
+from transplant.methods.registry import register
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "transplant-zett-1"
+
+
+@dataclass(frozen=True)
+class HypernetConfig:
+    """Shape of a hypernetwork and the base it belongs to. 0 for width/heads = derived
+    (width = the base hidden size, heads = width / 64)."""
+
+    hidden_size: int
+    tied: bool
+    base_hash: str
+    width: int = 0
+    layers: int = 3
+    heads: int = 0
+    mlp_ratio: int = 2
+    max_pieces: int = 7
+
+    @property
+    def model_width(self) -> int:
+        return self.width or self.hidden_size
+
+    @property
+    def model_heads(self) -> int:
+        return self.heads or max(1, self.model_width // 64)
+
+
+def base_hash(tokens: Sequence[str | None], base_input: torch.Tensor, base_output: torch.Tensor | None) -> str:
+    """A fingerprint of a base model: its vocabulary and its embedding matrices (float32)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps(list(tokens), ensure_ascii=False).encode())
+    for matrix in (base_input, base_output):
+        if matrix is not None:
+            digest.update(matrix.detach().to("cpu", torch.float32).contiguous().numpy())
+    return digest.hexdigest()
+
+
+def padded_pieces(decompositions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(n, longest) base ids padded with -1, the layout :class:`HyperNetwork` reads."""
+    rows = [torch.tensor(d, dtype=torch.long) for d in decompositions]
+    return pad_sequence(rows, batch_first=True, padding_value=-1)
+
+
+class HyperNetwork(nn.Module):
+    """Base pieces -> (input row, output row or None when tied).
+
+    The base matrices are frozen buffers that are not saved: the hypernetwork's file holds
+    only what was trained, and the base is supplied again (and checked) when it is loaded.
+    """
+
+    def __init__(self, config: HypernetConfig, base_input: torch.Tensor, base_output: torch.Tensor | None):
+        super().__init__()
+        if base_input.shape[1] != config.hidden_size or config.tied != (base_output is None):
+            raise ValueError("base matrices do not fit the hypernetwork config")
+        self.config = config
+        self.register_buffer("base_input", base_input.float(), persistent=False)
+        self.register_buffer("base_output", None if base_output is None else base_output.float(), persistent=False)
+        width, d = config.model_width, config.hidden_size
+        self.project = nn.Linear(d if config.tied else 2 * d, width)
+        self.positions = nn.Parameter(torch.randn(config.max_pieces, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, config.model_heads, config.mlp_ratio * width, dropout=0.0, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.heads = nn.ModuleDict({name: nn.Linear(width, d) for name in (("input",) if config.tied else ("input", "output"))})
+        for head in self.heads.values():  # zero heads: step 0 is exactly `subword`
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def matrix(self, which: Which) -> torch.Tensor:
+        return self.base_output if which == "output" and self.base_output is not None else self.base_input
+
+    def forward(self, pieces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows for tokens given as (n, L) base pieces padded with -1; every row needs one piece.
+
+        The residual mean runs over *all* pieces (as ``subword`` does); the encoder reads the
+        first ``max_pieces``.
+        """
+        present = pieces >= 0
+        weights = present.float() / present.sum(1, keepdim=True)
+        clipped = pieces[:, : self.config.max_pieces]
+        safe = clipped.clamp(min=0)
+        x = self.base_input[safe]
+        if self.base_output is not None:
+            x = torch.cat([x, self.base_output[safe]], dim=-1)
+        x = self.project(x) + self.positions[: clipped.shape[1]]
+        pooled = self.norm(self.encoder(x, src_key_padding_mask=clipped < 0))[:, 0]
+        rows = {name: mix_rows(self.matrix(name), pieces, weights) + head(pooled) for name, head in self.heads.items()}
+        return rows["input"], rows.get("output")
+
+
+def save_hypernet(model: HyperNetwork, out: Path, extra: dict | None = None) -> None:
+    """Write ``model`` as ``out/config.json`` + ``out/model.safetensors``."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
+    record = {"format": FORMAT, "config": asdict(model.config), **(extra or {})}
+    (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_config(directory: Path) -> HypernetConfig:
+    """The config of a hypernetwork directory, refused with one line if it is not one."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != FORMAT:
+            raise ValueError(record.get("format"))
+        return HypernetConfig(**record["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{directory} is not a zett hypernetwork directory ({type(e).__name__}: {e})") from e
+
+
+def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: torch.Tensor,
+                  base_output: torch.Tensor | None) -> HyperNetwork:
+    """The hypernetwork in ``directory`` for this base, or one line saying why it does not fit."""
+    config = read_config(directory)
+    if base_input.shape[1] != config.hidden_size:
+        raise UserError(f"hypernetwork {directory} was trained for a base of hidden size {config.hidden_size}, "
+                        f"this base has {base_input.shape[1]}")
+    if config.tied != (base_output is None) or base_hash(tokens, base_input, base_output) != config.base_hash:
+        raise UserError(f"hypernetwork {directory} was trained for another base model "
+                        "(its vocabulary and embedding hash differ from this one's)")
+    model = HyperNetwork(config, base_input, base_output)
+    model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ZettOptions:
+    hypernet: str = ""  # a directory written by `transplant hypernet train`
+    batch_size: int = 4096  # tokens per forward pass; bounds memory
+
+    def __post_init__(self) -> None:
+        if not self.hypernet:
+            raise UserError("--method zett needs --hypernet DIR (train one with `transplant hypernet train`)")
+        read_config(Path(self.hypernet))
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@register
+class Zett(MethodBase):
+    name: ClassVar[str] = "zett"
+    description: ClassVar[str] = "ZeTT hypernetwork: rows predicted from the token's base pieces (--hypernet DIR)"
+    Options: ClassVar[type] = ZettOptions
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        """Predicted rows, in batches of tokens sorted by piece count (little padding);
+        tokens without pieces (specials) get the mean row, as under ``subword``."""
+        if "zett" not in ctx.cache:
+            tokens = ctx.match.base_vocab.tokens
+            ctx.cache["zett"] = load_hypernet(Path(ctx.options.hypernet), tokens, ctx.base_input, ctx.base_output).to(ctx.device)
+        model: HyperNetwork = ctx.cache["zett"]
+        lengths = torch.tensor([len(ctx.match.decompose(i)) for i in missing.tolist()])
+        order = torch.argsort(lengths, stable=True)
+        rows = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
+        with torch.inference_mode():
+            for batch in order[lengths[order] > 0].split(ctx.options.batch_size):
+                predicted_input, predicted_output = model(ctx.match.decompose_padded(missing[batch]).to(ctx.device))
+                rows[batch.to(ctx.device)] = predicted_output if which == "output" and predicted_output is not None else predicted_input
+        empty = (lengths == 0).to(ctx.device)
+        if empty.any():
+            rows[empty] = mean_rows(ctx, which, int(empty.sum()))
+        return rows

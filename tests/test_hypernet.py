@@ -1,0 +1,251 @@
+"""ZeTT hypernetwork: step 0 is `subword`, sampled tokenizers are total, training learns,
+resumes and runs on two processes, and a hypernetwork only applies to its own base."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import bpe_tokenizer, tiny_llama
+from hypernet.sampler import SamplerConfig, TokenizerSampler
+from hypernet.train import HypernetTask, HypernetTrainConfig
+from hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, base_hash, save_hypernet
+from transplant.errors import UserError
+from transplant.methods import registry
+from transplant.methods.base import Context
+from transplant.methods.baselines import subword_rows
+from transplant.pipeline import TransplantConfig, transplant
+from transplant.sources import load_tokenizer
+from transplant.training import fit, load_config, make_accelerator
+from transplant.vocab import match_vocabularies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: thread hand-offs cost more than the math (40x on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def match(corpus_file: Path, sp_model: Path):
+    return match_vocabularies(bpe_tokenizer(corpus_file), load_tokenizer(str(sp_model)))
+
+
+def context(match, tied: bool, hidden: int = 24, seed: int = 0, hypernet: Path | None = None) -> Context:
+    g = torch.Generator().manual_seed(seed)
+    rows = len(match.base_vocab)
+    return Context(
+        match=match,
+        base_input=torch.randn(rows, hidden, generator=g),
+        base_output=None if tied else torch.randn(rows, hidden, generator=g),
+        options=None if hypernet is None else ZettOptions(hypernet=str(hypernet)),
+    )
+
+
+def untrained(ctx: Context, out: Path) -> Path:
+    config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
+                            base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output), width=32)
+    torch.manual_seed(0)
+    save_hypernet(HyperNetwork(config, ctx.base_input, ctx.base_output), out)
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_step_zero_is_subword(match, tied: bool, tmp_path: Path) -> None:
+    ctx = context(match, tied)
+    ctx.options = ZettOptions(hypernet=str(untrained(ctx, tmp_path / "hn")))
+    zett = registry.get("zett")()
+    for which in ("input", "output"):
+        rows = zett.init_rows(ctx, which, match.missing)
+        assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
+        assert (rows - subword_rows(ctx, which, match.missing)).abs().max() <= 1e-6
+    assert any(len(match.decompose(i)) > 1 for i in match.missing.tolist())  # not only one-piece tokens
+
+
+def test_wrong_base_is_refused_in_one_line(match, tmp_path: Path) -> None:
+    directory = untrained(context(match, tied=True), tmp_path / "hn")
+    zett = registry.get("zett")()
+    for other in (context(match, tied=True, seed=1), context(match, tied=False), context(match, tied=True, hidden=16)):
+        other.options = ZettOptions(hypernet=str(directory))
+        with pytest.raises(UserError) as e:
+            zett.init_rows(other, "input", match.missing)
+        assert "trained for" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_options_need_a_hypernetwork_directory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--hypernet"):
+        ZettOptions()
+    with pytest.raises(UserError, match="not a zett hypernetwork"):
+        ZettOptions(hypernet=str(tmp_path))
+
+
+def random_unicode(rng: random.Random, length: int) -> str:
+    """Mixed scripts, emoji, combining marks and control characters (no lone surrogates:
+    they are not text and cannot be UTF-8 encoded)."""
+    ranges = [(0x00, 0x7F), (0x80, 0x24F), (0x300, 0x36F), (0x400, 0x4FF), (0x3040, 0x30FF), (0x4E00, 0x9FFF),
+              (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0xE000, 0xF8FF), (0x10000, 0x10FFFF)]
+    return "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(length))
+
+
+def test_every_sampled_tokenizer_covers_any_string(corpus_file: Path) -> None:
+    sampler = TokenizerSampler(SamplerConfig(min_vocab=50, max_vocab=400, noise_std=1.0, queue_texts=9))
+    text = corpus_file.read_text()
+    sampler.push([text[i : i + 400] for i in range(0, 3200, 400)] + ["日本語のテキスト 😀 Ünïcödé"])
+    rng = random.Random(0)
+    for seed in range(4):
+        tokenizer = sampler.sample(np.random.default_rng(seed))
+        assert tokenizer.get_vocab_size() > 256  # the 256 bytes and real pieces
+        for _ in range(25):
+            s = random_unicode(rng, rng.randint(0, 40))
+            encoding = tokenizer.encode(s, add_special_tokens=False)
+            assert tokenizer.decode(encoding.ids) == s
+            assert all(0 <= i < tokenizer.get_vocab_size() for i in encoding.ids)
+    sizes = {sampler.sample(np.random.default_rng(seed)).get_vocab_size() for seed in range(4)}
+    assert len(sizes) > 1  # the vocabulary size is drawn per step
+
+
+# --- training on a tiny model -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("zett")
+    corpus = root / "train.txt"
+    corpus.write_text(corpus_file.read_text().replace("\n", "\n\n"))
+    return {"base": tiny_llama(bpe_tokenizer(corpus_file), root / "base", tied=True), "corpus": corpus, "root": root}
+
+
+def tiny_config(tiny: dict[str, Path], out: Path, **overrides) -> HypernetTrainConfig:
+    values = dict(base=str(tiny["base"]), corpus=[str(tiny["corpus"])], out=str(out), steps=6, warmup_steps=1,
+                  lr=3e-3, batch_size=2, seq_len=32, min_vocab=100, max_vocab=300, negatives=64, queue_texts=8,
+                  width=32, mixed_precision="no", log_every=100, save_every=2, shuffle_buffer=0, base_tokenizer_steps=1)
+    return load_config(HypernetTrainConfig, None, **(values | overrides))
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(tiny, tmp_path / "hn", queue_texts=2)
+    task = HypernetTask(cfg, make_accelerator(cfg))
+    texts = list(task.examples(0))[:2]
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-2)
+    before = task.loss(task.model, texts, step=5, seed=7)  # step 5 > warm-up: a sampled tokenizer
+    before.loss.backward()
+    optimizer.step()
+    after = task.loss(task.model, texts, step=5, seed=7)
+    assert after.metrics["vocab"] == before.metrics["vocab"]  # same sampled tokenizer, same batch
+    assert after.loss.item() < before.loss.item()
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingTask(HypernetTask):
+    crash_at: int | None = None
+
+    def loss(self, model, texts, step, seed):
+        if step == self.crash_at:
+            raise Crash
+        return super().loss(model, texts, step, seed)
+
+
+def train_tiny(cfg: HypernetTrainConfig, crash_at: int | None = None) -> list[dict]:
+    accelerator = make_accelerator(cfg)
+    task = CrashingTask(cfg, accelerator)
+    task.crash_at = crash_at
+    try:
+        fit(task, cfg, Path(cfg.out), accelerator, resume=cfg.resume)
+    except Crash:
+        pass
+    return [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_step_count_and_loss_curve(tiny: dict[str, Path], tmp_path: Path) -> None:
+    whole = train_tiny(tiny_config(tiny, tmp_path / "whole"))
+    train_tiny(tiny_config(tiny, tmp_path / "cut"), crash_at=3)  # checkpoint at step 2, dies in step 4
+    resumed = train_tiny(tiny_config(tiny, tmp_path / "cut", resume=True))
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(1, 7))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], rel=1e-6)
+    weights = [load_file(tmp_path / d / "model.safetensors") for d in ("whole", "cut")]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-7) for k in weights[0])
+    assert weights[0]["heads.input.weight"].abs().sum() > 0  # it did train
+
+
+@pytest.fixture(scope="module")
+def trained(tiny: dict[str, Path]) -> Path:
+    out = tiny["root"] / "hn"
+    train_tiny(tiny_config(tiny, out, steps=3))
+    return out
+
+
+def test_zett_transplant_end_to_end(tiny: dict[str, Path], trained: Path, sp_model: Path, tmp_path: Path) -> None:
+    common = dict(base=str(tiny["base"]), tokenizer=str(sp_model))
+    zett = transplant(TransplantConfig(out=tmp_path / "zett", method="zett", options={"hypernet": str(trained)}, **common))
+    subword = transplant(TransplantConfig(out=tmp_path / "subword", method="subword", **common))
+    assert zett.counts == subword.counts and zett.counts["initialized"] > 0
+    record = json.loads((tmp_path / "zett" / "transplant.json").read_text())
+    assert record["method"] == "zett" and record["options"]["hypernet"] == str(trained)
+    rows = [load_file(tmp_path / d / "model.safetensors")["model.embed_tokens.weight"] for d in ("zett", "subword")]
+    assert rows[0].shape == rows[1].shape and not torch.equal(rows[0], rows[1])  # trained heads moved the rows
+
+    other = tiny_llama(bpe_tokenizer(tiny["corpus"]), tmp_path / "other", tied=True, seed=1)
+    with pytest.raises(UserError, match="trained for another base"):
+        transplant(TransplantConfig(base=str(other), tokenizer=str(sp_model), out=tmp_path / "x", method="zett",
+                                    options={"hypernet": str(trained)}))
+
+
+def test_two_process_accelerate_launch_agrees(tiny: dict[str, Path], tmp_path: Path) -> None:
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from safetensors.torch import save_file\n"
+        "from hypernet.train import HypernetTask, HypernetTrainConfig\n"
+        "from transplant.training import fit, load_config, make_accelerator\n"
+        f"cfg = load_config(HypernetTrainConfig, None, **{vars(tiny_config(tiny, tmp_path / 'hn', steps=3))!r})\n"
+        "accelerator = make_accelerator(cfg)\n"
+        "task = HypernetTask(cfg, accelerator)\n"
+        "fit(task, cfg, Path(cfg.out), accelerator)\n"
+        "save_file(dict(task.model.state_dict()), Path(cfg.out) / f'rank{accelerator.process_index}.safetensors')\n"
+    )
+    # `--cpu` alone would need mpirun for two processes; torchrun's launcher (`--multi_gpu`) with
+    # ACCELERATE_USE_CPU gives two CPU processes on gloo
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [load_file(tmp_path / "hn" / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert ranks[0]["heads.input.weight"].abs().sum() > 0
+    log = [json.loads(line) for line in (tmp_path / "hn" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert log[-1]["tokens"] > 3 * 2 * 2 * 16  # tokens of both ranks are counted
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "hypernet").glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipes_load(recipe: Path, tiny: dict[str, Path], tmp_path: Path) -> None:
+    cfg = load_config(HypernetTrainConfig, recipe, corpus=[str(tiny["corpus"])], out=str(tmp_path / "hn"))
+    assert cfg.base == "smollm2-135m" and cfg.steps > 0
+
+
+def test_config_refuses_unknown_keys_before_loading(tiny: dict[str, Path], tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("base: smollm2-135m\nwidht: 256\n")
+    with pytest.raises(UserError, match="unknown config key 'widht'"):
+        load_config(HypernetTrainConfig, recipe, corpus=[str(tiny["corpus"])], out=str(tmp_path / "hn"))
+    with pytest.raises(UserError, match="corpus not found"):
+        load_config(HypernetTrainConfig, None, base="x", corpus=[str(tmp_path / "none.txt")], out=str(tmp_path / "hn"))

@@ -1,0 +1,450 @@
+"""What every training loop here needs: corpus streaming, packing, schedule, and the loop.
+
+Two trainers use this module (the hypernetwork of ``hypernet/train.py`` and continued
+pretraining of a transplanted model); each supplies a :class:`Task` — its trainable module,
+its examples and its loss — and :func:`fit` runs the same loop for both on ``accelerate``:
+one process by default, many under ``accelerate launch`` with nothing home-made for
+distribution.
+
+Resuming is exact: a checkpoint holds the weights, optimizer, schedule and RNG states
+(``Accelerator.save_state``), the step count and the data position. Data positions are two
+integers (epoch, examples consumed) and resuming replays the stream up to them, so nothing
+about the data has to be serialized and a resumed run sees exactly the examples an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+import shutil
+import time
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+from transplant.errors import UserError
+from transplant.options import build_options
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The knobs of the shared loop; trainers subclass it to add their own fields.
+
+    ``batch_size`` is examples per process per micro-step, so an optimizer step sees
+    ``batch_size * grad_accum * processes`` examples.
+    """
+
+    steps: int = 1000
+    warmup_steps: int = 50
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    seq_len: int = 256
+    grad_accum: int = 1
+    clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the start and the end
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 where CUDA has it
+    shuffle_buffer: int = 1000  # documents mixed at a time; sources often come one after another
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "shuffle_buffer"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+
+
+def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
+    """A ``cls`` config from a YAML mapping, then ``overrides`` (None values ignored).
+
+    Unknown keys are refused with one line naming the known ones, before anything loads.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: expected a mapping of config keys")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k.replace("-", "_") for k in values if k.replace("-", "_") not in known)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise UserError(f"unknown config key {unknown[0]!r}{where} (known: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():  # a single path where a list of them is expected
+        if typing.get_origin(hints[key.replace("-", "_")]) is list and isinstance(value, (str, Path)):
+            values[key] = [value]
+    return build_options(cls, values)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready copy of a config dataclass (paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def check_corpora(paths: Sequence[Path | str]) -> list[Path]:
+    """The corpus paths, refused with one line if missing or of an unknown kind."""
+    if not paths:
+        raise UserError("no training corpus given (--corpus FILE)")
+    checked = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise UserError(f"corpus not found: {p}")
+        if p.suffix not in (".txt", ".jsonl"):
+            raise UserError(f"corpus must be .txt or .jsonl, got {p.name}")
+        checked.append(p)
+    return checked
+
+
+def read_documents(path: Path) -> Iterator[str]:
+    """Documents of one file, streamed: blank-line-separated paragraphs of a ``.txt``, the
+    ``text`` field of each ``.jsonl`` line. The same split as :func:`transplant.evaluate.load_corpus`."""
+    with Path(path).open(encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        text = json.loads(line)["text"].strip()
+                    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+                        raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' string") from e
+                    if text:
+                        yield text
+            return
+        paragraph: list[str] = []
+        for line in itertools.chain(f, [""]):
+            if line.strip():
+                paragraph.append(line.rstrip("\n"))
+            elif paragraph:
+                yield "\n".join(paragraph).strip()
+                paragraph = []
+
+
+def shuffled(items: Iterable[T], buffer: int, rng: random.Random) -> Iterator[T]:
+    """A streaming shuffle: keep ``buffer`` items, emit a random one as each new one comes.
+    Mixes sources that a corpus file holds one after another without reading it all."""
+    if buffer <= 1:
+        yield from items
+        return
+    pool: list[T] = []
+    for item in items:
+        pool.append(item)
+        if len(pool) >= buffer:
+            i = rng.randrange(len(pool))
+            pool[i], pool[-1] = pool[-1], pool[i]
+            yield pool.pop()
+    rng.shuffle(pool)
+    yield from pool
+
+
+def documents(paths: Sequence[Path], epoch: int, seed: int = 0, buffer: int = 0) -> Iterator[str]:
+    """All documents of ``paths`` for one epoch, shuffled through a buffer seeded by epoch."""
+    stream = itertools.chain.from_iterable(read_documents(p) for p in paths)
+    return shuffled(stream, buffer, random.Random(f"{seed}:{epoch}"))
+
+
+def text_chunks(docs: Iterable[str], chars: int, separator: str = "\n\n") -> Iterator[str]:
+    """Documents joined by ``separator`` and cut into pieces of exactly ``chars`` characters.
+
+    The text-level twin of :func:`pack` for trainers that tokenize each batch differently
+    (the hypernetwork samples a new tokenizer every step): short documents share a chunk,
+    long ones span several, and no example is mostly padding. The last partial chunk is dropped.
+    """
+    buffer = ""
+    for i, doc in enumerate(docs):
+        buffer += (separator if i else "") + doc
+        while len(buffer) >= chars:
+            yield buffer[:chars]
+            buffer = buffer[chars:]
+
+
+def pack(token_lists: Iterable[Sequence[int]], seq_len: int, separator: int | None = None) -> Iterator[torch.Tensor]:
+    """Token lists (one per document) concatenated, ``separator`` before each, and cut into
+    ``seq_len`` windows. Every token lands in exactly one window, in order; the last partial
+    window is dropped."""
+    buffer: list[int] = []
+    for ids in token_lists:
+        if separator is not None:
+            buffer.append(separator)
+        buffer.extend(ids)
+        while len(buffer) >= seq_len:
+            yield torch.tensor(buffer[:seq_len], dtype=torch.long)
+            del buffer[:seq_len]
+
+
+class Stream(Generic[T]):
+    """An endless, resumable stream of examples: epoch after epoch of ``make(epoch)``.
+
+    Its state is (epoch, examples taken this epoch); :meth:`load_state_dict` replays the
+    epoch up to that point, so any deterministic ``make`` resumes exactly.
+    """
+
+    def __init__(self, make: Callable[[int], Iterable[T]]):
+        self.make = make
+        self.epoch = 0
+        self.position = 0
+        self._it = iter(make(0))
+
+    def __iter__(self) -> Stream[T]:
+        return self
+
+    def __next__(self) -> T:
+        for _ in range(2):
+            try:
+                item = next(self._it)
+                self.position += 1
+                return item
+            except StopIteration:
+                if self.position == 0:
+                    break
+                self.epoch, self.position = self.epoch + 1, 0
+                self._it = iter(self.make(self.epoch))
+        raise UserError("the training corpus yields no examples (too short for one sequence?)")
+
+    def take(self, n: int) -> list[T]:
+        return [next(self) for _ in range(n)]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._it = itertools.islice(iter(self.make(self.epoch)), self.position, None)
+
+
+# --- optimization ----------------------------------------------------------------------
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then a cosine down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on biases, norms and other vectors) with warmup + cosine."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    )
+    return optimizer, schedule
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """One Accelerator for the run: bf16 where CUDA supports it (``auto``), seeds set.
+
+    DDP does not re-broadcast buffers: trainers keep large frozen tensors (base embedding
+    matrices) as buffers, identical on every rank by construction.
+    """
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A seed for one micro-step on one rank, independent of what ran before (so resumes agree)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutput:
+    """What a task's loss returns for one micro-batch: the loss to minimize, the number of
+    target tokens it covers (for tokens/s), and extra figures for the log."""
+
+    loss: torch.Tensor
+    tokens: int
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What a trainer supplies to :func:`fit`."""
+
+    model: torch.nn.Module  # the module whose parameters are trained
+
+    def examples(self, epoch: int) -> Iterable[Any]:
+        """The examples of one epoch, deterministic in ``epoch``."""
+        ...
+
+    def loss(self, model: torch.nn.Module, examples: list[Any], step: int, seed: int) -> StepOutput:
+        """The loss on this process's ``examples`` at optimizer step ``step`` (0-based);
+        ``seed`` for anything random in the micro-step."""
+        ...
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Held-out figures for the log (main process only; may return {})."""
+        ...
+
+    def export(self, model: torch.nn.Module, out: Path) -> None:
+        """Write the finished artifact into ``out`` (main process only)."""
+        ...
+
+    def state_objects(self) -> list[Any]:
+        """Extra objects with state_dict/load_state_dict to keep in checkpoints."""
+        ...
+
+
+@dataclass
+class Progress:
+    """Counters a checkpoint keeps besides weights: steps done and tokens seen."""
+
+    step: int = 0
+    tokens: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.tokens = state["step"], state["tokens"]
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first."""
+    return sorted((out / "checkpoints").glob("step-*"))
+
+
+def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    accelerator.save_state(str(out / "checkpoints" / f"step-{step:08d}"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for old in checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+
+
+def _log(accelerator: Accelerator, out: Path, record: dict[str, Any]) -> None:
+    if accelerator.is_main_process:
+        with (out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(accelerator: Accelerator, out: Path, step: int) -> None:
+    """Drop log lines of steps after ``step``: they are redone after a resume."""
+    path = out / "log.jsonl"
+    if accelerator.is_main_process and path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resume: bool = False) -> Progress:
+    """Train ``task.model`` for ``cfg.steps`` optimizer steps; checkpoints and the log in ``out``.
+
+    With ``resume``, continue from the newest checkpoint in ``out`` (an uninterrupted run
+    and an interrupted-then-resumed one log the same losses and end with the same weights).
+    """
+    out = Path(out)
+    optimizer, schedule = make_optimizer(task.model, cfg)
+    model, optimizer, schedule = accelerator.prepare(task.model, optimizer, schedule)
+    stream: Stream[Any] = Stream(task.examples)
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress, stream, *task.state_objects())
+    if resume and checkpoints(out):
+        accelerator.load_state(str(checkpoints(out)[-1]))
+        _truncate_log(accelerator, out, progress.step)
+        accelerator.print(f"resumed from {checkpoints(out)[-1]} at step {progress.step}")
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
+    rank, world, per_step = accelerator.process_index, accelerator.num_processes, cfg.batch_size * accelerator.num_processes
+
+    def evaluate() -> None:
+        if accelerator.is_main_process:
+            model.eval()
+            figures = task.evaluate(accelerator.unwrap_model(model))
+            model.train()
+            if figures:
+                _log(accelerator, out, {"step": progress.step, "eval": figures})
+                accelerator.print(f"eval @ {progress.step}: " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+        accelerator.wait_for_everyone()
+
+    if progress.step == 0:
+        evaluate()
+    started, start_tokens, start_step = time.perf_counter(), progress.tokens, progress.step
+    model.train()
+    while progress.step < cfg.steps:
+        losses, tokens, metrics = [], 0, {}
+        for micro in range(cfg.grad_accum):
+            examples = stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            with accelerator.accumulate(model):
+                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro, rank))
+                accelerator.backward(result.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(result.loss.detach())
+            tokens += result.tokens
+            metrics = {k: metrics.get(k, 0.0) + v / cfg.grad_accum for k, v in result.metrics.items()}
+        schedule.step()
+        loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+        progress.tokens += int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum"))
+        progress.step += 1
+        elapsed = time.perf_counter() - started
+        rate = (progress.tokens - start_tokens) / elapsed
+        eta = elapsed / (progress.step - start_step) * (cfg.steps - progress.step)
+        _log(accelerator, out, {"step": progress.step, "loss": loss, "lr": schedule.get_last_lr()[0],
+                                "tokens": progress.tokens, "tokens_per_s": rate, **metrics})
+        if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
+            accelerator.print(f"step {progress.step}/{cfg.steps} | loss {loss:.4f} | lr {schedule.get_last_lr()[0]:.2e}"
+                              f" | {rate:,.0f} tok/s | eta {eta / 60:.1f} min")
+        if cfg.eval_every and progress.step % cfg.eval_every == 0 and progress.step < cfg.steps:
+            evaluate()
+        if progress.step % cfg.save_every == 0 or progress.step == cfg.steps:
+            _save(accelerator, out, progress.step, cfg.keep_checkpoints)
+    evaluate()
+    if accelerator.is_main_process:
+        task.export(accelerator.unwrap_model(model), out)
+    accelerator.wait_for_everyone()
+    return progress
+
