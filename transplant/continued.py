@@ -102,8 +102,9 @@ def load_train_config(config: Path | None = None, recipe: Path | None = None, **
     if recipe is None:
         return load_config(ContinuedConfig, config, **cli)
     spec = load_recipe(recipe)
+    given = {key: value for key, value in cli.items() if value is not None}
     try:
-        return load_config(ContinuedConfig, None, **{"model": spec.out, **spec.train, **cli})
+        return load_config(ContinuedConfig, None, **{"model": spec.out, **spec.train, **given})
     except UserError as e:
         raise UserError(f"{recipe}: train: {e}") from None
 
