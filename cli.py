@@ -174,6 +174,33 @@ def compare(
 
 
 @app.command()
+@user_errors
+def train(
+    model: Optional[str] = typer.Argument(None, help="Transplanted model directory (`transplant model -o`); default: the recipe's out."),
+    corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="Training text, .txt or .jsonl (repeat for several); never the evaluation book."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="The trained checkpoint (written atomically); checkpoints and log go to OUT.run."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (see transplant/continued.py)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose `train:` section holds the settings."),
+    eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="Held-out text: ratio to the base every eval_every steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stage 1 optimizer steps (embedding rows only)."),
+    stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", help="Stage 2 steps (every weight, stage2_lr); 0 = none."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0 = start and end only)."),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
+    force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run."),
+) -> None:
+    """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
+    from transplant.continued import load_train_config
+    from transplant.continued import train as run_training
+
+    cfg = load_train_config(config, recipe, model=model, corpus=corpus, out=out, eval_corpus=eval_corpus, steps=steps,
+                            stage2_steps=stage2_steps, eval_every=eval_every, eval_docs=max_docs,
+                            resume=resume or None, force=force or None)
+    run_training(cfg)
+    console.print(f"wrote [bold]{cfg.out}[/] (log: {cfg.run_path})")
+
+
+@app.command()
 def methods() -> None:
     """List the initialization methods and their options."""
     from transplant.methods import registry

@@ -15,12 +15,19 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from transplant.atomic import atomic_path
 from transplant.chat import end_of_turn_ids
 from transplant.errors import UserError
 from transplant.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
+
+
+# One bool per embedding row, True where a method initialized it. A side file, not a list
+# in transplant.json: a 262k vocabulary has ~200k such ids (1 byte a row here, exact, and
+# no re-run of the matching, whose rules may change between versions).
+INITIALIZED_FILE = "initialized.safetensors"
 
 
 @dataclass
@@ -188,10 +195,13 @@ def export(
     tokenizer: PreTrainedTokenizerBase,
     record: Callable[[], dict[str, Any]],
     force: bool = False,
+    initialized: torch.Tensor | None = None,
 ) -> Path:
     """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.atomic`):
     an interrupted run never leaves a half-written OUT, and never destroys an existing one.
-    ``record()`` is called after everything else is written, so transplant.json can time the writing."""
+    ``record()`` is called after everything else is written, so transplant.json can time the writing.
+    ``initialized`` (a bool per row: rows a method made, neither copied nor padding) goes to
+    :data:`INITIALIZED_FILE`, which continued pretraining reads to train only those rows."""
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
     with atomic_path(out, existing="replace" if force else "refuse") as tmp:
@@ -199,5 +209,7 @@ def export(
         write_weights(base_dir, tmp, replace)
         write_config(base_dir, tmp, vocab_size, tokenizer)
         tokenizer.save_pretrained(tmp)
+        if initialized is not None:
+            save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)
         (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str))
     return out

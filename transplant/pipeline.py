@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from transplant import __version__
 from transplant.chat import ChatMode, adopt_chat_template
-from transplant.checkpoint import Embeddings, export, read_embeddings
+from transplant.checkpoint import INITIALIZED_FILE, Embeddings, export, read_embeddings
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
@@ -160,11 +160,14 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         "chat_markers_added": added,
         "tied": embeddings.tied,
         "counts": counts,
+        "initialized_rows": INITIALIZED_FILE,
     }
+    initialized = torch.zeros(match.num_rows, dtype=torch.bool)
+    initialized[match.missing] = True
     writing = "writing checkpoint"
     running = {writing: time.perf_counter(), "total": started}
     with stages.run(writing):
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer,
-               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force)
+               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))

@@ -1,0 +1,225 @@
+"""Continued pretraining: stage 1 moves only the initialized rows, training learns, resumes
+exactly, runs on two processes, and bad settings are one line before any model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import bpe_tokenizer, make_text, tiny_llama
+from transplant.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
+from transplant.errors import UserError
+from transplant.pipeline import TransplantConfig, transplant
+from transplant.recipe import load_recipe
+from transplant.training import make_accelerator
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: thread hand-offs cost more than the math on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def transplanted(base_model: Path, sp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base (tied or untied) transplanted onto a SentencePiece tokenizer with subword."""
+    out = tmp_path_factory.mktemp("transplanted") / "model"
+    result = transplant(TransplantConfig(base=str(base_model), tokenizer=str(sp_model), out=out))
+    initialized = load_file(out / "initialized.safetensors")["initialized"]
+    assert initialized.dtype == torch.bool and int(initialized.sum()) == result.counts["initialized"] > 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("texts")
+    (root / "train.txt").write_text(make_text(seed=1, lines=300).replace("\n", "\n\n", 40))
+    (root / "dev.jsonl").write_text("".join(json.dumps({"text": t, "lang": lang}) + "\n"
+                                            for lang, seed in (("en", 2), ("de", 3))
+                                            for t in make_text(seed=seed, lines=4).splitlines()))
+    return root
+
+
+def config(model: Path, texts: Path, out: Path, **overrides) -> ContinuedConfig:
+    values = dict(model=str(model), corpus=[str(texts / "train.txt")], out=str(out), steps=5, warmup_steps=1, lr=1e-2,
+                  batch_size=2, seq_len=32, mixed_precision="no", log_every=100, save_every=2, shuffle_buffer=0,
+                  eval_corpus=str(texts / "dev.jsonl"), eval_docs=2, eval_length=64)
+    return load_train_config(None, None, **(values | overrides))
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def test_stage_one_changes_only_the_initialized_rows(transplanted: Path, texts: Path, tmp_path: Path) -> None:
+    cfg = config(transplanted, texts, tmp_path / "trained")
+    train(cfg)
+    before, after = weights(transplanted), weights(tmp_path / "trained")
+    assert before.keys() == after.keys()
+    initialized = load_file(transplanted / "initialized.safetensors")["initialized"]
+    for name in before:
+        if name in (EMBED, HEAD):
+            assert torch.equal(before[name][~initialized], after[name][~initialized]), name  # copied rows, bit for bit
+            moved = (before[name][initialized] != after[name][initialized]).any(1)
+            assert moved.any(), name
+            if name == HEAD or HEAD not in before:  # the softmax reaches every output row
+                assert moved.all(), name
+        else:
+            assert torch.equal(before[name], after[name]), name
+    record = json.loads((tmp_path / "trained" / "transplant.json").read_text())
+    assert record["method"] == "subword" and record["training"]["config"]["rows"] == "new"
+    [stage] = record["training"]["stages"]
+    assert stage["steps"] == 5 and stage["tokens"] == 5 * 2 * 31
+    assert set(stage["eval_start"]) >= {"ratio/en", "ratio/de", "ratio/overall"}
+    assert stage["eval_start"] != stage["eval_end"]
+    assert (tmp_path / "trained" / "generation_config.json").is_file()
+    assert (tmp_path / "trained" / "initialized.safetensors").is_file()
+
+
+def test_loss_falls_on_a_fixed_batch(transplanted: Path, texts: Path, tmp_path: Path) -> None:
+    cfg = config(transplanted, texts, tmp_path / "trained", rows="all")
+    loaded = load_transplanted(cfg)
+    task = ContinuedTask(cfg, 1, loaded, [], make_accelerator(cfg))
+    batch = list(task.examples(0))[:2]
+    optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        result = task.loss(task.model, batch, step=0, seed=0)
+        losses.append(result.loss.item())
+        result.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    task.close()
+    assert losses[-1] < losses[0] and result.tokens == 2 * 31
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_the_count_and_ends_with_the_same_weights(transplanted: Path, texts: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    two_stages = dict(steps=4, stage2_steps=2, eval_corpus=None)
+    train(config(transplanted, texts, tmp_path / "whole", **two_stages))
+
+    real_loss = ContinuedTask.loss
+
+    def crashing(self, model, examples, step, seed):
+        if self.stage == 1 and step == 2:  # step 3 dies; the checkpoint of step 2 survives
+            raise Crash
+        return real_loss(self, model, examples, step, seed)
+
+    monkeypatch.setattr(ContinuedTask, "loss", crashing)
+    with pytest.raises(Crash):
+        train(config(transplanted, texts, tmp_path / "cut", **two_stages))
+    monkeypatch.setattr(ContinuedTask, "loss", real_loss)
+    assert not (tmp_path / "cut").exists()
+    with pytest.raises(UserError, match="--resume"):
+        config(transplanted, texts, tmp_path / "cut", **two_stages)
+    train(config(transplanted, texts, tmp_path / "cut", resume=True, **two_stages))
+
+    logs = {run: {stage: [json.loads(line) for line in (tmp_path / f"{run}.run" / stage / "log.jsonl").read_text().splitlines()]
+                  for stage in ("stage1", "stage2")} for run in ("whole", "cut")}
+    assert [r["step"] for r in logs["cut"]["stage1"]] == [1, 2, 3, 4]
+    assert [r["loss"] for r in logs["cut"]["stage1"]] == [r["loss"] for r in logs["whole"]["stage1"]]
+    assert [r["loss"] for r in logs["cut"]["stage2"]] == [r["loss"] for r in logs["whole"]["stage2"]]
+    whole, cut, start = weights(tmp_path / "whole"), weights(tmp_path / "cut"), weights(transplanted)
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    layer = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(whole[layer], start[layer])  # stage 2 trained the network too
+
+
+@pytest.fixture(scope="module")
+def untied(corpus_file: Path, sp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One untied transplant (two masked matrices) for the one two-process launch (~25 s)."""
+    root = tmp_path_factory.mktemp("untied")
+    base = tiny_llama(bpe_tokenizer(corpus_file), root / "base", tied=False)
+    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=root / "model"))
+    return root / "model"
+
+
+def test_two_process_accelerate_launch_agrees(untied: Path, texts: Path, tmp_path: Path) -> None:
+    transplanted = untied
+    cfg = config(transplanted, texts, tmp_path / "trained", steps=3, eval_corpus=None)
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from accelerate import PartialState\n"
+        "from safetensors.torch import save_file\n"
+        "from transplant.continued import load_train_config, train\n"
+        f"model = train(load_train_config(None, None, **{vars(cfg)!r}))\n"
+        "state = {k: v.contiguous() for k, v in model.state_dict().items() if k != 'lm_head.weight' or "
+        "not model.config.tie_word_embeddings}\n"
+        f"save_file(state, Path({str(tmp_path)!r}) / f'rank{{PartialState().process_index}}.safetensors')\n"
+    )
+    # `--cpu` alone would need mpirun for two processes; torchrun's launcher (`--multi_gpu`) with
+    # ACCELERATE_USE_CPU gives two CPU processes on gloo
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    exported, start = weights(tmp_path / "trained"), weights(transplanted)
+    assert all(torch.equal(exported[k], ranks[0][k]) for k in exported)
+    assert not torch.equal(exported[EMBED], start[EMBED])
+    log = [json.loads(line) for line in (tmp_path / "trained.run" / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["tokens"] == 3 * 2 * 2 * 31  # both ranks counted
+
+
+def assert_one_line(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
+
+
+def test_bad_settings_fail_in_one_line_before_any_model_loads(transplanted: Path, texts: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_loading(*args, **kwargs) -> Transplanted:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("transplant.continued.load_transplanted", no_loading)
+    runner = CliRunner()
+    good = ["--corpus", str(texts / "train.txt"), "-o", str(tmp_path / "trained")]
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("steps: 5\nlearning_rate: 0.1\n")
+    assert_one_line(runner.invoke(app, ["train", str(transplanted), *good, "--config", str(bad_config)]),
+                    "unknown config key 'learning_rate'")
+    assert_one_line(runner.invoke(app, ["train", str(transplanted), "--corpus", str(tmp_path / "none.txt"),
+                                        "-o", str(tmp_path / "trained")]), "corpus not found")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: smollm2-135m\nout: {transplanted}\ntrain:\n  corpus: {texts / 'train.txt'}\n"
+                      f"  out: {tmp_path / 'trained'}\n  stage_2_steps: 10\n")
+    assert_one_line(runner.invoke(app, ["train", "--recipe", str(recipe)]), "unknown config key 'stage_2_steps'")
+    recipe.write_text(f"out: {transplanted}\ntrain:\n  corpus: {tmp_path / 'gone.jsonl'}\n  out: {tmp_path / 't'}\n")
+    assert_one_line(runner.invoke(app, ["train", "--recipe", str(recipe)]), "corpus not found")
+    weight_decay = tmp_path / "decay.yaml"
+    weight_decay.write_text("weight_decay: 0.1\n")
+    assert_one_line(runner.invoke(app, ["train", str(transplanted), *good, "--config", str(weight_decay)]),
+                    "weight decay would shrink the copied rows")
+    assert not (tmp_path / "trained").exists()
+
+
+@pytest.mark.parametrize("recipe", [p for p in sorted((ROOT / "recipes").glob("*.yaml")) if load_recipe(p).train],
+                         ids=lambda p: p.stem)
+def test_recipes_hold_known_training_keys(recipe: Path) -> None:
+    spec = load_recipe(recipe)
+    assert set(spec.train) <= {f.name for f in fields(ContinuedConfig)} and spec.out
+    assert not any("debian-reference" in str(c) for c in spec.train["corpus"])  # the evaluation book

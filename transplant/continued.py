@@ -1,0 +1,319 @@
+"""Continued pretraining of a transplanted model (``transplant train``).
+
+A transplant leaves a model whose new embedding rows are educated guesses; a short run of
+causal-LM training on text in the new tokenizer closes most of the gap (ZeTT and FOCUS:
+well under a billion tokens). Two stages, each one :func:`transplant.training.fit` with its
+own warmup + cosine, checkpoints and log (``RUN/stage1``, ``RUN/stage2``):
+
+1. Only the embedding matrices learn (input, and lm_head when untied). With ``rows: new``
+   (the default) only the rows the transplant *initialized* do: a gradient hook zeroes
+   every other row, read from the transplant's ``initialized.safetensors``. With zero
+   gradient and no weight decay AdamW leaves a row exactly as it was, so copied rows stay
+   bit for bit, and the network itself never changes.
+2. Optional (``stage2_steps``): everything learns, at the lower ``stage2_lr``.
+
+Evaluation is the byte-level perplexity ratio against the *base* model on a held-out corpus
+(:mod:`transplant.evaluate`); the base is scored once and cached in RUN. The result is an
+ordinary HF checkpoint written atomically (:mod:`transplant.atomic`) whose
+``transplant.json`` keeps the transplant's record and adds the training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from transplant.atomic import atomic_path
+from transplant.checkpoint import INITIALIZED_FILE
+from transplant.errors import UserError
+from transplant.evaluate import Document, EvalConfig, Evaluation, Score, evaluate_model, load_corpus, load_model
+from transplant.evaluate import ppl_ratio, prefix_token_id
+from transplant.recipe import load_recipe
+from transplant.training import (
+    StepOutput, TrainConfig, check_corpora, config_dict, documents, fit, load_config, make_accelerator, pack,
+)
+
+
+@dataclass
+class ContinuedConfig(TrainConfig):
+    """Everything ``transplant train`` reads; a ``--config`` YAML or a recipe's ``train:`` sets any of it."""
+
+    model: str = ""  # the transplanted model directory (`transplant model -o`)
+    corpus: list[str] = field(default_factory=list)  # training text; never the evaluation book
+    out: str = ""  # the trained checkpoint
+    run_dir: str = ""  # checkpoints, logs, cached base scores; "" = OUT.run next to OUT
+    resume: bool = False
+    force: bool = False
+    rows: Literal["new", "all"] = "new"  # stage 1 trains the initialized rows only, or whole matrices
+    weight_decay: float = 0.0  # decay shrinks whole matrices, copied rows too: only with rows: all
+    stage2_steps: int = 0  # 0 = no stage 2
+    stage2_lr: float = 3e-5
+    eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base
+    eval_groups: list[str] = field(default_factory=list)  # keep only these groups ([] = all)
+    eval_docs: int = 16  # per group
+    eval_length: int = 512  # window length in tokens
+    eval_batch: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model or not self.out:
+            raise UserError("need the transplanted MODEL and -o OUT (on the command line, in --config or in the recipe)")
+        model = Path(self.model)
+        if not (model / "transplant.json").is_file():
+            raise UserError(f"{model} is not a transplanted model (no transplant.json)")
+        if self.rows == "new" and not (model / INITIALIZED_FILE).is_file():
+            raise UserError(f"{model} has no {INITIALIZED_FILE} (made by an older transplant): "
+                            "run `transplant model` again, or train with rows: all")
+        if self.rows == "new" and self.weight_decay:
+            raise UserError("weight decay would shrink the copied rows too: use weight_decay 0 with rows: new")
+        check_corpora(self.corpus)
+        if self.eval_corpus is not None:
+            check_corpora([self.eval_corpus])
+        if self.stage2_steps < 0 or not self.stage2_lr > 0:
+            raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
+        if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
+            raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
+        if Path(self.out).exists() and not self.force:
+            raise UserError(f"{self.out} exists; pass --force to replace it")
+        run = self.run_path
+        if run.exists() and any(run.iterdir()) and not (self.resume or self.force):
+            raise UserError(f"{run} holds an earlier run; pass --resume to continue it or --force to start over")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path(f"{self.out}.run")
+
+
+def load_train_config(config: Path | None = None, recipe: Path | None = None, **cli: Any) -> ContinuedConfig:
+    """The config from ``--config`` or a recipe's ``train:`` section (its MODEL defaulting to the
+    recipe's ``out``), then the command line; checked whole before anything loads."""
+    if config is not None and recipe is not None:
+        raise UserError("give the training settings with --config or with --recipe, not both")
+    if recipe is None:
+        return load_config(ContinuedConfig, config, **cli)
+    spec = load_recipe(recipe)
+    given = {key: value for key, value in cli.items() if value is not None}
+    try:
+        return load_config(ContinuedConfig, None, **{"model": spec.out, **spec.train, **given})
+    except UserError as e:
+        raise UserError(f"{recipe}: train: {e}") from None
+
+
+def stage_configs(cfg: ContinuedConfig) -> list[tuple[int, TrainConfig]]:
+    """(stage number, the loop's config) for each stage that runs."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+    stages = [(1, TrainConfig(**shared))]
+    if cfg.stage2_steps:
+        stages.append((2, TrainConfig(**{**shared, "steps": cfg.stage2_steps, "lr": cfg.stage2_lr})))
+    return stages
+
+
+def eval_documents(cfg: ContinuedConfig) -> list[Document]:
+    """The evaluation documents (first ``eval_docs`` of each kept group); [] without an eval corpus."""
+    if cfg.eval_corpus is None:
+        return []
+    docs = load_corpus(Path(cfg.eval_corpus), cfg.eval_docs)
+    if cfg.eval_groups:
+        docs = [d for d in docs if d.group in cfg.eval_groups]
+        if not docs:
+            raise UserError(f"{cfg.eval_corpus} has none of the groups {', '.join(cfg.eval_groups)}")
+    return docs
+
+
+# --- the model ---------------------------------------------------------------------------
+
+
+@dataclass
+class Transplanted:
+    """A transplanted model ready to train: weights in float32 (mixed precision is autocast's
+    job), its tokenizer, the transplant's record, its initialized rows and the stored dtype."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    record: dict[str, Any]
+    initialized: torch.Tensor | None  # bool per row; None with rows: all
+    dtype: torch.dtype
+
+
+def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
+    directory = Path(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    stored = model.config.dtype
+    dtype = getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
+    initialized = None
+    if cfg.rows == "new":
+        initialized = load_file(directory / INITIALIZED_FILE)["initialized"]
+        rows = model.get_input_embeddings().weight.shape[0]
+        if initialized.shape != (rows,):
+            raise UserError(f"{directory}: {INITIALIZED_FILE} has {len(initialized)} rows, the model {rows}")
+    record = json.loads((directory / "transplant.json").read_text())
+    return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype)
+
+
+def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
+    """The input embedding and, when untied, the lm_head weight."""
+    weights = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not weights[0]:
+        weights.append(head.weight)
+    return weights
+
+
+# --- the task ----------------------------------------------------------------------------
+
+
+class ContinuedTask:
+    """One stage's side of :func:`transplant.training.fit`: what learns, the batches, the
+    loss, the evaluation and (after the last stage) the export."""
+
+    def __init__(self, cfg: ContinuedConfig, stage: int, loaded: Transplanted, docs: list[Document],
+                 accelerator: Accelerator):
+        self.cfg, self.stage, self.loaded, self.docs, self.accelerator = cfg, stage, loaded, docs, accelerator
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.separator = prefix_token_id(self.tokenizer)  # documents start as evaluation scores them
+        self.corpora = check_corpora(cfg.corpus)
+        self.last_stage = stage_configs(cfg)[-1][0]
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.base: Evaluation | None = None
+        if stage == 1:
+            self.model.requires_grad_(False)
+            for weight in embedding_weights(self.model):
+                weight.requires_grad_(True)
+                if loaded.initialized is not None:
+                    self.hooks.append(self.mask_gradient(weight, loaded.initialized))
+        else:
+            self.model.requires_grad_(True)
+        trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        what = "the initialized embedding rows" if stage == 1 and loaded.initialized is not None else (
+            "the embedding matrices" if stage == 1 else "every weight")
+        accelerator.print(f"stage {stage}: training {what} ({trained:,} parameters)")
+
+    def mask_gradient(self, weight: torch.nn.Parameter, initialized: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
+        """Zero the gradient of every row that was not initialized (copied, special, padding).
+
+        A hook on the leaf sees the summed gradient once (tied weights: both uses), before
+        DDP averages it; FSDP flattens parameters so the hook would never fire: refused."""
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise UserError("stage 1 with rows: new needs one process or DDP (FSDP flattens the embedding); "
+                            "use recipes/accelerate/ddp.yaml, or rows: all")
+        frozen = (~initialized).to(self.accelerator.device).unsqueeze(1)
+        return weight.register_hook(lambda grad: grad.masked_fill(frozen, 0.0))
+
+    def close(self) -> None:
+        """Remove this stage's gradient hooks (the next stage trains every row)."""
+        for hook in self.hooks:
+            hook.remove()
+
+    # --- data and loss ----------------------------------------------------------------
+
+    def examples(self, epoch: int):
+        docs = documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer)
+        ids = (self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in docs)
+        return pack(ids, self.cfg.seq_len, self.separator)
+
+    def loss(self, model: torch.nn.Module, examples: list[torch.Tensor], step: int, seed: int) -> StepOutput:
+        batch = torch.stack(examples).to(self.accelerator.device)
+        loss = model(input_ids=batch, labels=batch).loss  # labels shift inside the model
+        return StepOutput(loss, batch.numel() - len(batch))
+
+    # --- evaluation and export ---------------------------------------------------------
+
+    def evaluate(self, model: PreTrainedModel) -> dict[str, float]:
+        """Perplexity ratio to the base per group (and overall), plus the model's bits/byte."""
+        if not self.docs:
+            return {}
+        config = EvalConfig(batch_size=self.cfg.eval_batch, max_length=self.cfg.eval_length)
+        self.base = self.base or base_evaluation(self.cfg, self.loaded.record["base"], self.docs, config,
+                                                 self.accelerator)
+        new = evaluate_model(model, self.tokenizer, self.docs, "trained", config)
+        figures = {f"ratio/{group}": value for group, value in ppl_ratio(new, self.base).items()}
+        return figures | {f"bpb/{group}": score.bits_per_byte for group, score in new.groups.items()}
+
+    def export(self, model: PreTrainedModel, out: Path) -> None:
+        """After the last stage, the trained checkpoint; earlier stages leave only RUN/stageN."""
+        if self.stage == self.last_stage:
+            export_trained(model, self.loaded, self.cfg)
+
+    def state_objects(self) -> list:
+        return []
+
+
+def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], config: EvalConfig,
+                    accelerator: Accelerator) -> Evaluation:
+    """The base model's scores on the eval documents, computed once per run (cached in RUN:
+    a resume or a second stage does not load the base again). Scored under the same autocast
+    as the trained model, so the ratio compares like with like."""
+    cache = cfg.run_path / "base-eval.json"
+    key = {"base": base, "corpus": cfg.eval_corpus, "groups": cfg.eval_groups, "docs": cfg.eval_docs,
+           "length": cfg.eval_length, "precision": accelerator.mixed_precision}
+    if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
+        return Evaluation(base, {g: Score(**s) for g, s in saved["groups"].items()})
+    model, tokenizer = load_model(base)
+    with accelerator.autocast():
+        evaluation = evaluate_model(model.to(accelerator.device), tokenizer, docs, base, config)
+    del model
+    groups = {g: dataclasses.asdict(s) for g, s in evaluation.groups.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "groups": groups}, indent=2))
+    return evaluation
+
+
+def stage_summary(run: Path, number: int) -> dict[str, Any]:
+    """Steps, tokens and first/last evaluation of one stage, from its log."""
+    records = [json.loads(line) for line in (run / f"stage{number}" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    return {
+        "stage": number,
+        "steps": steps[-1]["step"] if steps else 0,
+        "tokens": steps[-1]["tokens"] if steps else 0,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "eval_start": evals[0]["eval"] if evals else None,
+        "eval_end": evals[-1]["eval"] if evals else None,
+    }
+
+
+def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedConfig) -> None:
+    """The trained model as a normal HF checkpoint (weights in the transplant's dtype, config,
+    generation config, tokenizer), written atomically like ``transplant model``'s."""
+    record = {**loaded.record, "training": {
+        "config": config_dict(cfg),
+        "stages": [stage_summary(cfg.run_path, number) for number, _ in stage_configs(cfg)],
+    }}
+    with atomic_path(Path(cfg.out), replace=cfg.force) as tmp:
+        model.to(loaded.dtype).save_pretrained(tmp)  # the last use of the model in training
+        loaded.tokenizer.save_pretrained(tmp)
+        if (Path(cfg.model) / INITIALIZED_FILE).is_file():
+            shutil.copy(Path(cfg.model) / INITIALIZED_FILE, tmp / INITIALIZED_FILE)
+        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def train(cfg: ContinuedConfig) -> PreTrainedModel:
+    """Run every stage of ``cfg`` and write the trained checkpoint to ``cfg.out``; returns the
+    trained model (on every process)."""
+    docs = eval_documents(cfg)  # a bad eval corpus is one line, before any model loads
+    loaded = load_transplanted(cfg)
+    for number, stage_cfg in stage_configs(cfg):
+        accelerator = make_accelerator(stage_cfg)
+        if number == 1 and cfg.force and not cfg.resume and accelerator.is_main_process:
+            shutil.rmtree(cfg.run_path, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        task = ContinuedTask(cfg, number, loaded, docs, accelerator)
+        fit(task, stage_cfg, cfg.run_path / f"stage{number}", accelerator, resume=cfg.resume)
+        task.close()
+        accelerator.free_memory()  # drops the stage's DDP wrapper and optimizer
+    return loaded.model
