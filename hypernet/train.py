@@ -18,17 +18,16 @@ Which rows a step predicts (``vocab_mode``):
 The first ``base_tokenizer_steps`` steps use the base tokenizer itself (every token its own
 single piece): a short warm-up that anchors the heads where the right answer is known.
 
-Run ``python -m hypernet.train --config recipes/hypernet/smollm2-cpu.yaml --corpus F -o DIR``,
-or the same under ``accelerate launch -m hypernet.train …`` for several processes.
+Run ``transplant hypernet train --config recipes/hypernet/smollm2-cpu.yaml --corpus F -o DIR``,
+or the same under ``accelerate launch -m transplant hypernet train …`` for several processes.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,24 +300,3 @@ def train(cfg: HypernetTrainConfig) -> Path:
     fit(task, cfg, out, accelerator, resume=cfg.resume)
     return out
 
-
-def main(argv: Iterable[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a ZeTT hypernetwork for a base model.")
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--base")
-    parser.add_argument("--corpus", nargs="+")
-    parser.add_argument("--eval-corpus")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("-o", "--out")
-    parser.add_argument("--resume", action="store_true", default=None)
-    parser.add_argument("--force", action="store_true", default=None)
-    args = vars(parser.parse_args(None if argv is None else list(argv)))
-    try:
-        cfg = load_config(HypernetTrainConfig, args.pop("config"), **args)
-        print(f"hypernetwork written to {train(cfg)}")
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -148,3 +148,19 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
+    """A zett hypernetwork directory for the base in ``ctx`` with random (non-zero) heads, so
+    its rows differ from the ``subword`` rows a freshly initialized one gives."""
+    from hypernet.zett import HypernetConfig, HyperNetwork, base_hash, save_hypernet
+
+    config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
+                            base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output), width=32)
+    torch.manual_seed(seed)
+    model = HyperNetwork(config, ctx.base_input, ctx.base_output)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.1)
+    save_hypernet(model, out)
+    return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import bpe_tokenizer, tiny_llama
-from test_methods import make_context, offline_options
+from test_methods import make_context, with_options
 from transplant.methods import registry
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.tokenizer import load_tokenizer
@@ -35,11 +35,11 @@ def _on(ctx, device: torch.device):
 
 @needs_cuda
 @pytest.mark.parametrize("name", sorted(registry.available()))
-def test_method_runs_on_cuda_like_on_cpu(match, encoder_dir: Path, name: str) -> None:
+def test_method_runs_on_cuda_like_on_cpu(match, encoder_dir: Path, tmp_path: Path, name: str) -> None:
     cls = registry.get(name)
     for which in ("input", "output"):
-        cpu = cls().init_rows(make_context(match, offline_options(cls, encoder_dir)), which, match.missing)
-        ctx = _on(make_context(match, offline_options(cls, encoder_dir)), torch.device("cuda"))
+        cpu = cls().init_rows(with_options(cls, make_context(match), encoder_dir, tmp_path), which, match.missing)
+        ctx = _on(with_options(cls, make_context(match), encoder_dir, tmp_path), torch.device("cuda"))
         rows = cls().init_rows(ctx, which, match.missing)
         assert rows.device.type == "cuda" and rows.shape == cpu.shape
         close = torch.isclose(rows.cpu(), cpu, rtol=1e-3, atol=1e-3).all(dim=1)

@@ -24,7 +24,7 @@ from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.methods.baselines import subword_rows
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.sources import load_tokenizer
+from transplant.tokenizer import load_tokenizer
 from transplant.training import fit, load_config, make_accelerator
 from transplant.vocab import match_vocabularies
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import bpe_tokenizer
+from conftest import bpe_tokenizer, random_hypernet
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.tokenizer import load_tokenizer
@@ -34,25 +34,32 @@ def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Cont
     )
 
 
-def offline_options(cls, encoder_dir: Path):
-    """The method's default options, with the local tiny encoder for a method that embeds
-    text (its default auxiliary model is downloaded, which unit tests must not do)."""
-    if "aux_model" in {f.name for f in dataclasses.fields(cls.Options)}:
-        return cls.Options(aux_model=str(encoder_dir))
-    return cls.Options()
+def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context:
+    """``ctx`` with the method's default options plus what a unit test supplies offline: the
+    local tiny encoder for a method that embeds text (its default model is downloaded), and a
+    hypernetwork for this base for a method that applies one (randomly initialized heads, so
+    its rows are not simply the subword rows)."""
+    names = {f.name for f in dataclasses.fields(cls.Options)}
+    given = {}
+    if "aux_model" in names:
+        given["aux_model"] = str(encoder_dir)
+    if "hypernet" in names:
+        given["hypernet"] = str(random_hypernet(ctx, scratch / "hypernet"))
+    ctx.options = cls.Options(**given)
+    return ctx
 
 
 @pytest.mark.parametrize("name", sorted(registry.available()))
 @pytest.mark.parametrize("which", ["input", "output"])
-def test_method_contract(match, encoder_dir: Path, name: str, which: str) -> None:
+def test_method_contract(match, encoder_dir: Path, tmp_path: Path, name: str, which: str) -> None:
     cls = registry.get(name)
-    ctx = make_context(match, offline_options(cls, encoder_dir))
+    ctx = with_options(cls, make_context(match), encoder_dir, tmp_path)
     before = ctx.base(which).clone()
     rows = cls().init_rows(ctx, which, match.missing)
     assert rows.shape == (len(match.missing), 24) and rows.dtype == torch.float32
     assert torch.isfinite(rows).all()
     assert torch.equal(ctx.base(which), before)  # methods never write into the base
-    again = cls().init_rows(make_context(match, offline_options(cls, encoder_dir)), which, match.missing)
+    again = cls().init_rows(with_options(cls, make_context(match), encoder_dir, tmp_path), which, match.missing)
     assert torch.equal(rows, again)
 
 

@@ -291,7 +291,7 @@ def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedC
         "config": config_dict(cfg),
         "stages": [stage_summary(cfg.run_path, number) for number, _ in stage_configs(cfg)],
     }}
-    with atomic_path(Path(cfg.out), replace=cfg.force) as tmp:
+    with atomic_path(Path(cfg.out), existing="replace" if cfg.force else "refuse") as tmp:
         model.to(loaded.dtype).save_pretrained(tmp)  # the last use of the model in training
         loaded.tokenizer.save_pretrained(tmp)
         if (Path(cfg.model) / INITIALIZED_FILE).is_file():
