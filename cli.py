@@ -115,6 +115,7 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size", help=BATCH_HELP),
     max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
+    device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
     from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, load_model, ppl_ratio
@@ -126,7 +127,7 @@ def evaluate(
     evaluations = {}
     with progress_bars(console) as progress:
         for label, ref in (("base", base), ("new", model)):
-            loaded, tokenizer = load_model(ref)
+            loaded, tokenizer = load_model(ref, device)
             evaluations[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref))
             del loaded
     out_console.print(pair_grid(evaluations["new"], evaluations["base"]).to_rich())
@@ -155,6 +156,7 @@ def compare(
     max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed passed to every method."),
     force: bool = typer.Option(False, "--force", help="Redo transplants whose output already exists."),
+    device: str = typer.Option("cpu", "--device", help="Where the methods compute and the models are scored (cpu, cuda)."),
 ) -> None:
     """Transplant BASE with each method, score all on one corpus, rank by perplexity ratio."""
     from transplant.compare import CompareConfig
@@ -167,7 +169,7 @@ def compare(
     if len(set(names)) != len(names):
         raise UserError(f"--methods lists a method twice: {methods}")
     config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=corpus, out=out, donor=donor,
-                           max_docs=max_docs, seed=seed, force=force,
+                           max_docs=max_docs, seed=seed, force=force, device=device,
                            scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
     with progress_bars(console) as progress:
         result = run_compare(config, log=lambda line: console.print(line, highlight=False), progress=progress)

@@ -53,3 +53,19 @@ def test_transplant_on_cuda(corpus_file: Path, tmp_path: Path, method: str) -> N
     donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=420), tmp_path / "donor", tied=False, hidden=48)
     config = TransplantConfig(base=str(base), tokenizer=str(donor), out=tmp_path / "out", method=method, device="cuda")
     assert transplant(config).counts["initialized"] > 64  # more than the OMP pool: the FAISS candidate path
+
+
+@needs_cuda
+def test_compare_on_cuda_scores_like_cpu(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    from transplant.compare import CompareConfig, compare
+    from transplant.evaluate import EvalConfig
+
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False)
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text(corpus_file.read_text()[:4000].replace("\n", "\n\n"))
+    ratios = {}
+    for device in ("cpu", "cuda"):
+        config = CompareConfig(base=str(base), tokenizer=str(sp_model), methods=("subword",), corpus=corpus,
+                               out=tmp_path / device, device=device, scoring=EvalConfig(batch_size=4))
+        ratios[device] = compare(config, log=lambda line: None).results["subword"].overall.bits_per_byte
+    assert abs(ratios["cuda"] - ratios["cpu"]) < 1e-3 * ratios["cpu"]

@@ -41,6 +41,7 @@ class CompareConfig:
     max_docs: int | None = None
     seed: int = 0
     force: bool = False
+    device: str = "cpu"  # where transplants compute their rows and models are scored
     scoring: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -64,14 +65,14 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
         build_options(registry.get(name).Options, options)
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")
-    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress)
+    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress, cfg.device)
     results: dict[str, Evaluation] = {}
     transplants: dict[str, dict] = {}
     for name in cfg.methods:
         out = _transplant(cfg, name, log)
         transplants[name] = {k: v for k, v in json.loads((out / "transplant.json").read_text()).items()
                              if k in ("counts", "timings")}
-        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress)
+        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress, cfg.device)
         log(f"{name}: bits/byte {results[name].overall.bits_per_byte:.4f}")
     meta = {
         "base": cfg.base,
@@ -120,7 +121,7 @@ def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     out = cfg.out / spec.replace(":", "_")
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
-                              donor=cfg.donor, seed=cfg.seed, force=cfg.force)
+                              donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device)
     record = out / "transplant.json"
     if record.is_file() and not cfg.force:
         found = json.loads(record.read_text())
@@ -136,8 +137,8 @@ def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
 
 
 def _evaluate(ref: str, name: str, docs: list[Document], config: EvalConfig,
-              progress: ProgressFactory | None) -> Evaluation:
-    model, tokenizer = load_model(ref)
+              progress: ProgressFactory | None, device: str) -> Evaluation:
+    model, tokenizer = load_model(ref, device)
     evaluation = evaluate_model(model, tokenizer, docs, name, config, progress(name) if progress else None)
     del model
     gc.collect()  # one model in memory at a time

@@ -291,12 +291,13 @@ def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
     return ratios
 
 
-def load_model(ref: str):
-    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32, eval mode."""
+def load_model(ref: str, device: str = "cpu"):
+    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32,
+    eval mode, on ``device`` (scoring runs where the model is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transplant.sources import resolve_model
 
     path = resolve_model(ref)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, AutoTokenizer.from_pretrained(path)
