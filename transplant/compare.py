@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -118,7 +119,7 @@ def _request(config: TransplantConfig) -> dict[str, Any]:
 
 def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     """``OUT/<spec>/``: transplanted now, or reused when it holds exactly the transplant asked for."""
-    out = cfg.out / spec.replace(":", "_")
+    out = cfg.out / re.sub(r"[^\w.=-]+", "_", spec)  # options may hold paths: one folder per variant
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
                               donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device)
