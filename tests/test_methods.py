@@ -33,7 +33,9 @@ def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Cont
     )
 
 
-@pytest.mark.parametrize("name", sorted(registry.available()))
+# mergekit runs on checkpoint directories, not on matrices: tests/test_mergekit.py checks it
+# through the pipeline against mergekit-tokensurgeon's own output.
+@pytest.mark.parametrize("name", sorted(set(registry.available()) - {"mergekit"}))
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_method_contract(match, name: str, which: str) -> None:
     cls = registry.get(name)
