@@ -11,6 +11,8 @@ our missing ids are rows it copied and most of the rest are its approximations; 
 ``benchmarks/omp_vs_mergekit.py rows`` for the breakdown on a real pair.
 
 One tokensurgeon run builds both matrices; it is cached in ``ctx.cache`` for the second.
+mergekit loads both tokenizers with ``trust_remote_code=True`` (its choice, not ours): run
+this method on checkpoints you trust.
 Randomized approaches (``randn``, ``john_hewitt``) draw from torch's global generator,
 seeded from ``--seed`` inside a forked RNG state so the run is deterministic and leaves the
 caller's generator alone.
