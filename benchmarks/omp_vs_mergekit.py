@@ -18,10 +18,12 @@ exact batch costs the same for every batch), and our pooled mode on every token.
 (``mergekit-tokensurgeon … -a omp``; both as written by ``commands``). Rows fall into
 categories by who copies a base row: we match tokens on decoded bytes, mergekit on its
 normalized strings (``mergekit.tokenizer.normalization``: a leading ``Ġ``/``▁`` becomes a
-word-start flag, specials become their role; nothing else is decoded, and specials sharing a
-role collapse to one key, leaving the other ids zero rows). For each category: rows, max and
+word-start flag, specials become their role; nothing else is decoded, so a byte-level
+stand-in for a raw byte, ``Ċ`` (newline) or ``ã`` (byte 0xE3), matches a SentencePiece token
+that *is* that character, and specials sharing a role collapse to one key, leaving the other
+ids zero rows). For each category: rows, max and
 median relative difference ``|theirs - ours| / |ours|``, and with ``--corpus`` the share of
-the corpus's tokens (new tokenizer) that fall in it.
+the corpus's tokens (new tokenizer) that fall in it, per group and overall.
 
     D=~/.cache/transplant/models
     python benchmarks/omp_vs_mergekit.py commands --base $D/gemma3-270m --donor $D/smollm2-135m \\
@@ -156,11 +158,34 @@ def why_mergekit_misses(surface: bytes, special: bool) -> str:
     return "other"
 
 
-def corpus_token_counts(tokenizer: PreTrainedTokenizerBase, corpus: str, rows: int) -> torch.Tensor:
+def corpus_token_counts(tokenizer: PreTrainedTokenizerBase, corpus: str, rows: int) -> dict[str, torch.Tensor]:
+    """Per corpus group and overall: how often each new id occurs in the corpus."""
     from transplant.evaluate import load_corpus
 
-    ids = [i for doc in load_corpus(Path(corpus)) for i in tokenizer(doc.text, add_special_tokens=False)["input_ids"]]
-    return torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=rows)[:rows]
+    counts: dict[str, torch.Tensor] = {}
+    for doc in load_corpus(Path(corpus)):
+        ids = torch.tensor(tokenizer(doc.text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        counts[doc.group] = counts.get(doc.group, 0) + torch.bincount(ids, minlength=rows)[:rows]
+    return {**counts, "all": sum(counts.values())}
+
+
+def row_categories(match, base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase,
+                   relative: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Masks over the first ``len(relative)`` new ids: who copies a base row, and why not."""
+    n = len(relative)
+    we_copy = torch.zeros(n, dtype=torch.bool)
+    we_copy[match.copy_new[match.copy_new < n]] = True
+    they_copy, they_zero = mergekit_rows(base, new, n)
+    reason = [why_mergekit_misses(match.new_vocab.surfaces[i], match.new_vocab.special[i]) for i in range(n)]
+    by_reason = {r: torch.tensor([x == r for x in reason]) for r in ("whitespace", "non-ASCII", "special", "other")}
+    return {
+        "both copy, the same base row": we_copy & they_copy & (relative == 0),
+        "both copy, different base rows": we_copy & they_copy & (relative > 0),
+        "both compute (OMP vs OMP)": ~we_copy & ~they_copy & ~they_zero,
+        "only mergekit copies": ~we_copy & they_copy,
+        "mergekit zero (key collision)": they_zero,
+        **{f"only we copy, {r}": we_copy & ~they_copy & ~they_zero & mask for r, mask in by_reason.items()},
+    }
 
 
 def rows(args: argparse.Namespace) -> None:
@@ -174,33 +199,20 @@ def rows(args: argparse.Namespace) -> None:
     n = len(theirs)  # ours may hold more rows: base chat markers appended after the donor's ids
     ours = read_embeddings(Path(args.ours)).input.float()[:n]
     match = match_vocabularies(base, new)
-    we_copy = torch.zeros(n, dtype=torch.bool)
-    we_copy[match.copy_new[match.copy_new < n]] = True
-    they_copy, they_zero = mergekit_rows(base, new, n)
-    reason = [why_mergekit_misses(match.new_vocab.surfaces[i], match.new_vocab.special[i]) for i in range(n)]
-    by_reason = {r: torch.tensor([x == r for x in reason]) for r in ("whitespace", "non-ASCII", "special", "other")}
     relative = (theirs - ours).norm(dim=1) / ours.norm(dim=1).clamp_min(1e-12)
-    categories = {
-        "both copy, the same base row": we_copy & they_copy & (relative == 0),
-        "both copy, different base rows": we_copy & they_copy & (relative > 0),
-        "both compute (OMP vs OMP)": ~we_copy & ~they_copy & ~they_zero,
-        "only mergekit copies": ~we_copy & they_copy,
-        "mergekit zero (key collision)": they_zero,
-        **{f"only we copy, {r}": we_copy & ~they_copy & ~they_zero & mask for r, mask in by_reason.items()},
-    }
-    counts = corpus_token_counts(new, args.corpus, n) if args.corpus else None
+    categories = row_categories(match, base, new, relative)
+    counts = corpus_token_counts(new, args.corpus, n) if args.corpus else {}
     new_anchors = set(match.anchors[0].tolist())
-    their_anchors = {i for i in range(n) if they_copy[i]}
+    their_anchors = set(mergekit_rows(base, new, n)[0].nonzero().flatten().tolist())
     print(f"{n} rows; anchors: ours {len(new_anchors)}, mergekit {len(their_anchors)}, shared "
           f"{len(new_anchors & their_anchors)}; relative difference = |theirs - ours| / |ours|")
-    print(f"{'category':34s} {'rows':>6s} {'equal':>6s} {'max rel':>9s} {'median':>9s}" + ("  corpus tokens" if counts is not None else ""))
+    print(f"{'category':34s} {'rows':>6s} {'equal':>6s} {'max rel':>9s} {'median':>9s}" + "".join(f" {g:>6s}" for g in counts))
     for name, mask in categories.items():
         if not mask.any():
             continue
         rel = relative[mask]
         line = (f"{name:34s} {int(mask.sum()):6d} {int((rel == 0).sum()):6d} {rel.max():9.2e} {rel.median():9.2e}")
-        if counts is not None:
-            line += f"  {counts[mask].sum() / counts.sum():6.1%}"
+        line += "".join(f" {c[mask].sum() / c.sum():6.1%}" for c in counts.values())
         print(line)
         examples = [match.new_vocab.tokens[i] for i in mask.nonzero().flatten()[: args.examples].tolist()]
         print(f"{'':34s} e.g. {examples}")
