@@ -49,7 +49,9 @@ def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context
     return ctx
 
 
-@pytest.mark.parametrize("name", sorted(registry.available()))
+# mergekit runs on checkpoint directories, not on matrices: tests/test_mergekit.py checks it
+# through the pipeline against mergekit-tokensurgeon's own output.
+@pytest.mark.parametrize("name", sorted(set(registry.available()) - {"mergekit"}))
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_method_contract(match, encoder_dir: Path, tmp_path: Path, name: str, which: str) -> None:
     cls = registry.get(name)

@@ -61,7 +61,7 @@ def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -
         raise UserError(f"the donor's tokenizer is not the new tokenizer ({mismatched} tokens differ)")
 
 
-def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> Embeddings:
+def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> tuple[Path, Embeddings]:
     ref = cfg.donor or cfg.tokenizer
     try:
         directory = resolve_model(ref, cfg.allow_pickle)
@@ -70,7 +70,7 @@ def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> Embeddin
             raise UserError(f"method {cfg.method!r} needs a donor model whose tokenizer is the new one (--donor)") from e
         raise
     _check_donor(AutoTokenizer.from_pretrained(directory), new)
-    return read_embeddings(directory)
+    return directory, read_embeddings(directory)
 
 
 def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -115,10 +115,10 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         _check_base(base_tokenizer, embeddings)
     with stages.run("loading new tokenizer"):
         new_tokenizer = load_tokenizer(cfg.tokenizer)
-    donor = None
+    donor_dir, donor = None, None
     if method_cls.needs_donor:
         with stages.run("loading donor"):
-            donor = _load_donor(cfg, new_tokenizer)
+            donor_dir, donor = _load_donor(cfg, new_tokenizer)
     with stages.run("matching vocabularies"):
         added = adopt_chat_template(base_tokenizer, new_tokenizer, cfg.chat_template)
         match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
@@ -132,6 +132,8 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         donor_input=_as_float(donor.input, device) if donor else None,
         donor_output=_as_float(donor.output, device) if donor else None,
         progress=stages.progress,
+        base_dir=base_dir,
+        donor_dir=donor_dir,
     )
     method = method_cls()
     replace = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -33,6 +34,8 @@ class Context:
     is ``None`` when tied). Donor matrices are indexed by *new* token ids, because a donor is
     a model whose tokenizer is the new one; they are ``None`` without a donor. ``progress``
     gives long work an ``advance(n)`` callback (see :mod:`transplant.progress`).
+    ``base_dir``/``donor_dir`` are the checkpoint directories the matrices came from, for a
+    method that runs an external tool on the checkpoints themselves (``mergekit``).
     """
 
     match: VocabMatch
@@ -43,6 +46,8 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     donor_input: torch.Tensor | None = None
     donor_output: torch.Tensor | None = None
+    base_dir: Path | None = None
+    donor_dir: Path | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFactory = no_progress
 
