@@ -173,6 +173,7 @@ def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: tor
 class ZettOptions:
     hypernet: str = ""  # a directory written by `transplant hypernet train`
     batch_size: int = 4096  # tokens per forward pass; bounds memory
+    predict_all: bool = False  # predict exact matches too (specials stay copied), as ZeTT's own evaluation does
 
     def __post_init__(self) -> None:
         if not self.hypernet:

@@ -31,13 +31,7 @@ from transplant.vocab import match_vocabularies
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than the math (40x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +208,23 @@ def test_zett_transplant_end_to_end(tiny: dict[str, Path], trained: Path, sp_mod
     with pytest.raises(UserError, match="trained for another base"):
         transplant(TransplantConfig(base=str(other), tokenizer=str(sp_model), out=tmp_path / "x", method="zett",
                                     options={"hypernet": str(trained)}))
+
+
+def test_predict_all_predicts_exact_matches_but_keeps_specials(tiny: dict[str, Path], trained: Path, sp_model: Path,
+                                                               tmp_path: Path) -> None:
+    common = dict(base=str(tiny["base"]), tokenizer=str(sp_model), method="zett")
+    copied = transplant(TransplantConfig(out=tmp_path / "copied", options={"hypernet": str(trained)}, **common))
+    predicted = transplant(TransplantConfig(out=tmp_path / "all", options={"hypernet": str(trained), "predict_all": "true"},
+                                            **common))
+    assert predicted.counts["copied"] == predicted.counts["special_matched"] < copied.counts["copied"]
+    assert predicted.counts["initialized"] == copied.counts["initialized"] + copied.counts["copied"] - predicted.counts["copied"]
+    rows = {d: load_file(tmp_path / d / "model.safetensors")["model.embed_tokens.weight"] for d in ("copied", "all")}
+    new = load_tokenizer(str(sp_model))
+    specials = [new.convert_tokens_to_ids(t) for t in ("<s>", "</s>")]
+    assert torch.equal(rows["all"][specials], rows["copied"][specials])
+    initialized = load_file(tmp_path / "all" / "initialized.safetensors")["initialized"]
+    moved = initialized & ~load_file(tmp_path / "copied" / "initialized.safetensors")["initialized"]
+    assert moved.sum() > 0 and not torch.equal(rows["all"][moved], rows["copied"][moved])
 
 
 def test_two_process_accelerate_launch_agrees(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -122,6 +122,8 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     with stages.run("matching vocabularies"):
         added = adopt_chat_template(base_tokenizer, new_tokenizer, cfg.chat_template)
         match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
+        if getattr(options, "predict_all", False):  # a method option: its rows for exact matches too
+            match = match.predicting_all()
     ctx = Context(
         match=match,
         base_input=_as_float(embeddings.input, device),

@@ -8,6 +8,7 @@ an initialization method, which may ask for a token's decomposition into base to
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,14 @@ class VocabMatch:
         methods that learn a map between the two spaces."""
         keep = torch.tensor([not self.new_vocab.special[i] for i in self.copy_new.tolist()], dtype=torch.bool)
         return self.copy_new[keep], self.copy_base[keep]
+
+    def predicting_all(self) -> VocabMatch:
+        """The same match with every ordinary copied token moved to ``missing``: for a method
+        asked to predict all rows (``zett --predict-all``). Special tokens stay copied."""
+        ordinary = torch.tensor([not self.new_vocab.special[i] for i in self.copy_new.tolist()], dtype=torch.bool)
+        missing, _ = torch.sort(torch.cat([self.missing, self.copy_new[ordinary]]))
+        return dataclasses.replace(self, copy_new=self.copy_new[~ordinary], copy_base=self.copy_base[~ordinary],
+                                   missing=missing, _decompositions=self._decompositions)
 
     def surface(self, new_id: int) -> str:
         """The text a new token writes (leading space kept), for display and text models."""
