@@ -54,7 +54,7 @@ def test_force_keeps_old_out_when_the_final_rename_fails(tied_base: Path, tmp_pa
     monkeypatch.setattr(os, "replace", replace)
     tokenizer = AutoTokenizer.from_pretrained(tied_base)
     with pytest.raises(OSError, match="No space"):
-        export(tied_base, out, {}, len(tokenizer), tokenizer, lambda: {"tool": "transplant"}, force=True)
+        export(tied_base, out, {}, len(tokenizer), tokenizer, tokenizer, lambda: {"tool": "transplant"}, force=True)
     assert [p.name for p in out.iterdir()] == ["model.safetensors"]
     assert (out / "model.safetensors").read_bytes() == b"the user's previous checkpoint"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "out"]
@@ -71,7 +71,7 @@ def test_force_keeps_old_out_when_writing_fails(tied_base: Path, tmp_path: Path,
 
     monkeypatch.setattr(tokenizer, "save_pretrained", interrupted)  # after the weights were written
     with pytest.raises(KeyboardInterrupt):
-        export(tied_base, out, {}, len(tokenizer), tokenizer, dict, force=True)
+        export(tied_base, out, {}, len(tokenizer), tokenizer, tokenizer, dict, force=True)
     assert (out / "model.safetensors").read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "out"]
 

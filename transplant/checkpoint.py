@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
 from transplant.atomic import atomic_path
 from transplant.chat import end_of_turn_ids
@@ -163,7 +163,8 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     return {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id") for role in ("bos", "eos", "pad")}
 
 
-def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase) -> None:
+def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
+                 base_tokenizer: PreTrainedTokenizerBase) -> None:
     """config.json and generation_config.json with the new vocabulary size and special ids.
 
     The generation config keeps every id the base stopped on, carried over to the new ids
@@ -174,7 +175,7 @@ def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreT
         generation = GenerationConfig.from_pretrained(base_dir)
     except OSError:
         generation = GenerationConfig.from_model_config(config)
-    stop = end_of_turn_ids(AutoTokenizer.from_pretrained(base_dir), tokenizer, generation.eos_token_id)
+    stop = end_of_turn_ids(base_tokenizer, tokenizer, generation.eos_token_id)
     ids = special_ids(tokenizer)
     for target in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
         target.vocab_size = vocab_size
@@ -193,12 +194,14 @@ def export(
     replace: dict[str, torch.Tensor],
     vocab_size: int,
     tokenizer: PreTrainedTokenizerBase,
+    base_tokenizer: PreTrainedTokenizerBase,
     record: Callable[[], dict[str, Any]],
     force: bool = False,
     initialized: torch.Tensor | None = None,
 ) -> Path:
     """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.atomic`):
     an interrupted run never leaves a half-written OUT, and never destroys an existing one.
+    ``base_tokenizer`` (already loaded by the caller) maps the base's stop ids to new ones.
     ``record()`` is called after everything else is written, so transplant.json can time the writing.
     ``initialized`` (a bool per row: rows a method made, neither copied nor padding) goes to
     :data:`INITIALIZED_FILE`, which continued pretraining reads to train only those rows."""
@@ -207,7 +210,7 @@ def export(
     with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
         write_weights(base_dir, tmp, replace)
-        write_config(base_dir, tmp, vocab_size, tokenizer)
+        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer)
         tokenizer.save_pretrained(tmp)
         if initialized is not None:
             save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)

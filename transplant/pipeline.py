@@ -171,7 +171,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     writing = "writing checkpoint"
     running = {writing: time.perf_counter(), "total": started}
     with stages.run(writing):
-        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer,
+        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
                lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))
