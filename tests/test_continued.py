@@ -21,7 +21,7 @@ from transplant.continued import ContinuedConfig, ContinuedTask, Transplanted, l
 from transplant.errors import UserError
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.recipe import load_recipe
-from transplant.training import make_accelerator
+from transplant.training import make_accelerator, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -101,6 +101,39 @@ def test_loss_falls_on_a_fixed_batch(transplanted: Path, texts: Path, tmp_path: 
         optimizer.zero_grad()
     task.close()
     assert losses[-1] < losses[0] and result.tokens == 2 * 31
+
+
+def absent_to_present_movement(transplanted: Path, texts: Path, tmp_path: Path, **overrides) -> float:
+    """How far the output rows of new tokens absent from a fixed batch move, relative to those
+    of new tokens in it (medians), after a few optimizer steps of the real optimizer."""
+    cfg = config(transplanted, texts, tmp_path / "trained", lr=1e-3, warmup_steps=0, **overrides)
+    loaded = load_transplanted(cfg)
+    task = ContinuedTask(cfg, 1, loaded, [], make_accelerator(cfg))
+    batch = list(task.examples(0))[:2]
+    output = task.model.get_output_embeddings().weight
+    before = output.detach().clone()
+    optimizer, _ = make_optimizer(task.model, cfg)
+    for _ in range(3):
+        task.loss(task.model, batch, step=0, seed=0).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    task.close()
+    moved = (output.detach() - before).norm(dim=1)
+    present = torch.zeros(len(moved), dtype=torch.bool)
+    present[torch.stack(batch).flatten()] = True
+    new = loaded.initialized
+    assert (new & present).sum() > 3 and (new & ~present).sum() > 3
+    return (moved[new & ~present].median() / moved[new & present].median()).item()
+
+
+def test_default_adam_eps_keeps_rows_of_absent_tokens_nearly_still(transplanted: Path, texts: Path,
+                                                                    tmp_path: Path) -> None:
+    """Why ``transplant train`` defaults to ``adam_eps`` 1e-3: with Adam's usual eps a row whose only gradient
+    is the softmax's small push-down (its token is not in the batch) moves about as far as a
+    row with a real gradient, so every new row drifts each step; on SmolLM2 -> German 16k that
+    made German worse while the training loss fell."""
+    assert absent_to_present_movement(transplanted, texts, tmp_path / "usual", adam_eps=1e-8) > 0.5
+    assert absent_to_present_movement(transplanted, texts, tmp_path / "default") < 0.1
 
 
 class Crash(Exception):

@@ -56,6 +56,11 @@ class ContinuedConfig(TrainConfig):
     force: bool = False
     rows: Literal["new", "all"] = "new"  # stage 1 trains the initialized rows only, or whole matrices
     weight_decay: float = 0.0  # decay shrinks whole matrices, copied rows too: only with rows: all
+    # Embedding rows of tokens absent from a batch get only the softmax's push-down, ~200x
+    # smaller than a real gradient (SmolLM2 -> German 16k: 2e-5 vs 5e-3 RMS); with Adam's
+    # usual 1e-8 each of them still moved a full step per step, and German got worse while
+    # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
+    adam_eps: float = 1e-3
     stage2_steps: int = 0  # 0 = no stage 2
     stage2_lr: float = 3e-5
     eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base

@@ -57,6 +57,11 @@ class TrainConfig:
     lr: float = 3e-4
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
     weight_decay: float = 0.01
+    # Adam divides each weight's step by the root of its own squared-gradient average, so a
+    # weight with a tiny but steady gradient moves as fast as one with a large gradient. An
+    # embedding row of a token absent from the batch gets only the softmax's small push-down;
+    # a larger eps keeps such rows nearly still while rows with real gradients move at ~lr.
+    adam_eps: float = 1e-8
     batch_size: int = 8
     seq_len: int = 256
     grad_accum: int = 1
@@ -76,6 +81,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.adam_eps > 0:
+            raise UserError(f"adam_eps must be positive, got {self.adam_eps}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
 
@@ -264,7 +271,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.opti
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=cfg.adam_eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     )
