@@ -1,9 +1,10 @@
-"""Plot the perplexity-ratio curve of a `transplant train` run (RUN = OUT.run) to a PNG.
+"""Plot the perplexity-ratio curves of `transplant train` runs (RUN = OUT.run) to one PNG.
 
-    python recipes/plot_training.py out/smollm2-de-subword-trained.run -o ratio.png
+    python recipes/plot_training.py out/smollm2-de-subword-trained.run [more runs] -o ratio.png
 
-One line per evaluation group (ratio/de, ratio/en, ...) against training tokens, stages one
-after another (a dashed line where stage 2 starts); 1.0 is the base model.
+One line per evaluation group (ratio/de, ratio/en, ...) against training tokens, a colour
+per group and a line style per run, so runs from different initializations compare at a
+glance; stages one after another (a dotted line where stage 2 starts); 1.0 is the base.
 """
 
 from __future__ import annotations
@@ -36,22 +37,27 @@ def curves(run: Path) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="the run directory (OUT.run)")
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories (OUT.run)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    points, starts = curves(args.run)
-    if not points:
-        raise SystemExit(f"error: no evaluations in {args.run}/stage*/log.jsonl (was eval_corpus set?)")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for group, series in points.items():
-        ax.plot([t / 1e6 for t, _ in series], [r for _, r in series], marker="o", markersize=3, label=group)
-    for start in starts[1:]:
-        ax.axvline(start / 1e6, color="grey", linestyle="--", linewidth=1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours: dict[str, str] = {}
+    for run, style in zip(args.runs, ("-", "--", "-.", ":") * len(args.runs)):
+        points, starts = curves(run)
+        if not points:
+            raise SystemExit(f"error: no evaluations in {run}/stage*/log.jsonl (was eval_corpus set?)")
+        for group, series in points.items():
+            colour = colours.setdefault(group, f"C{len(colours)}")
+            label = group if len(args.runs) == 1 else f"{run.name}: {group}"
+            ax.plot([t / 1e6 for t, _ in series], [r for _, r in series], style, color=colour, marker="o",
+                    markersize=3, label=label)
+        for start in starts[1:]:
+            ax.axvline(start / 1e6, color="grey", linestyle=":", linewidth=1)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("byte perplexity / base")
-    ax.set_title(args.run.name)
-    ax.legend()
+    ax.set_title(", ".join(run.name for run in args.runs))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
