@@ -34,7 +34,9 @@ def test_trained_vectors_are_reproducible_and_cached(corpus_file: Path) -> None:
     entries = list((cache_dir() / "fasttext").iterdir())
     second = train_vectors([corpus_file], whitespace, "whitespace", SMALL)
     assert list((cache_dir() / "fasttext").iterdir()) == entries  # loaded, not trained again
-    meta = json.loads(next((cache_dir() / "fasttext").glob("*/meta.json")).read_text())
+    metas = [json.loads(p.read_text()) for p in (cache_dir() / "fasttext").glob("*/meta.json")]
+    meta = next(m for m in metas if m["corpus"] == [str(corpus_file)] and m["options"]["seed"] == 0
+                and m["split_key"] == "whitespace" and m["options"]["dim"] == SMALL.dim)
     assert meta["words"] > 1000 and meta["vocabulary"] == len(first) and meta["train_seconds"] >= 0
     assert first.index_to_key == second.index_to_key
     np.testing.assert_array_equal(first.vectors, second.vectors)
