@@ -124,10 +124,10 @@ def test_cli_tiny_model(corpus_file: Path, sp_model: Path, text: Path, tmp_path:
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False)
     out = tmp_path / "out"
     result = run("model", str(base), "-t", str(sp_model), "-o", str(out), "--method", "focus", "--corpus", str(text),
-                 "--corpus", str(corpus_file), "--ft-bucket", "10000", "--ft-min-count", "3", "--no-ft-ngrams")
+                 "--corpus", str(corpus_file), "--ft-bucket", "10000", "--ft-min-count", "3", "--ft-ngrams")
     assert result.exit_code == 0, result.output
     record = (out / "transplant.json").read_text()
-    assert str(text) in record and str(corpus_file) in record and '"ft_ngrams": false' in record
+    assert str(text) in record and str(corpus_file) in record and '"ft_ngrams": true' in record
 
 
 @pytest.mark.parametrize(
