@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ def test_trained_vectors_are_reproducible_and_cached(corpus_file: Path) -> None:
     entries = list((cache_dir() / "fasttext").iterdir())
     second = train_vectors([corpus_file], whitespace, "whitespace", SMALL)
     assert list((cache_dir() / "fasttext").iterdir()) == entries  # loaded, not trained again
+    metas = [json.loads(p.read_text()) for p in (cache_dir() / "fasttext").glob("*/meta.json")]
+    meta = next(m for m in metas if m["corpus"] == [str(corpus_file)] and m["options"]["seed"] == 0
+                and m["split_key"] == "whitespace" and m["options"]["dim"] == SMALL.dim)
+    assert meta["words"] > 1000 and meta["vocabulary"] == len(first) and meta["train_seconds"] >= 0
     assert first.index_to_key == second.index_to_key
     np.testing.assert_array_equal(first.vectors, second.vectors)
     assert {"haus", "garden", "the"} <= set(first.key_to_index)
@@ -58,8 +63,11 @@ def test_another_seed_or_splitter_is_another_cache_entry(corpus_file: Path) -> N
 def test_empty_corpus_and_rare_words_are_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(UserError, match="no words"):
+    empty.with_name("words.txt").write_text("text no splitter finds words in\n")
+    with pytest.raises(UserError, match="empty.txt: the corpus is empty"):
         train_vectors([empty], whitespace, "whitespace", SMALL)
+    with pytest.raises(UserError, match="no words"):
+        train_vectors([empty.with_name("words.txt")], lambda lines: [[] for _ in lines], "nothing", SMALL)
     rare = tmp_path / "rare.txt"
     rare.write_text("one two three\n")
     with pytest.raises(UserError, match="min_count"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import bpe_tokenizer, random_hypernet
+from conftest import WORDS, bpe_tokenizer, make_text, random_hypernet
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.tokenizer import load_tokenizer
@@ -34,17 +35,35 @@ def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Cont
     )
 
 
+def spelled_out(seed: int, lines: int = 300) -> str:
+    """Made-up words, which the tiny tokenizers spell letter by letter: text in which the
+    single-letter tokens both vocabularies share occur (FOCUS needs them to have vectors)."""
+    rng = random.Random(seed)
+    return "\n".join(" ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 5)))
+                                for _ in range(8)) for _ in range(lines))
+
+
 def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context:
     """``ctx`` with the method's default options plus what a unit test supplies offline: the
     local tiny encoder for a method that embeds text (its default model is downloaded), and a
     hypernetwork for this base for a method that applies one (randomly initialized heads, so
-    its rows are not simply the subword rows)."""
+    its rows are not simply the subword rows); text, a word-for-word dictionary and few
+    fastText n-gram buckets (gensim's 2M take 800 MB) for a method that trains word vectors."""
     names = {f.name for f in dataclasses.fields(cls.Options)}
     given = {}
     if "aux_model" in names:
         given["aux_model"] = str(encoder_dir)
     if "hypernet" in names:
         given["hypernet"] = str(random_hypernet(ctx, scratch / "hypernet"))
+    if "corpus" in names:
+        for name, seed in (("corpus", 0), ("source_corpus", 1)):
+            (scratch / f"{name}.txt").write_text(make_text(seed) + "\n" + spelled_out(seed))
+            if name in names:
+                given[name] = [str(scratch / f"{name}.txt")]
+        given["ft_bucket"] = 10_000
+    if "dictionary" in names:
+        (scratch / "dictionary.tsv").write_text("".join(f"{w}\t{w}\n" for w in WORDS))
+        given["dictionary"] = str(scratch / "dictionary.tsv")
     ctx.options = cls.Options(**given)
     return ctx
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,7 +13,7 @@ from transplant.methods import registry
 from transplant.methods.base import MethodBase
 from transplant.methods.baselines import SubwordOptions
 from transplant.methods.omp import OmpOptions
-from transplant.options import build_options, describe
+from transplant.options import build_options, describe, parse_flags
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.recipe import Recipe, load_recipe
 
@@ -100,3 +100,17 @@ def test_integer_option_is_not_truncated(value: object) -> None:
     with pytest.raises(UserError, match="--k must be int"):
         build_options(OmpOptions, {"k": value})
     assert build_options(OmpOptions, {"k": "8", "ridge": 0}).k == 8
+
+
+@dataclass(frozen=True)
+class _ListOptions:
+    corpus: list[str] = field(default_factory=list)
+    k: int = 1
+
+
+def test_list_options_collect_repeated_flags_and_wrap_one_value() -> None:
+    assert parse_flags(_ListOptions, ["--corpus", "a.txt", "--k", "2", "--corpus=b.txt"]) == {
+        "corpus": ["a.txt", "b.txt"], "k": "2"}
+    assert build_options(_ListOptions, {"corpus": "a.txt"}).corpus == ["a.txt"]  # a recipe's single string
+    assert build_options(_ListOptions, {"corpus": ["a.txt", "b.txt"]}).corpus == ["a.txt", "b.txt"]
+    assert ("--corpus", "str, repeatable", "[]") in describe(_ListOptions)

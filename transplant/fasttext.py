@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gensim.models import FastText, KeyedVectors
@@ -47,12 +48,54 @@ class FastTextOptions:
     max_n: int = 6
     workers: int = 1  # > 1 is faster but not reproducible
     seed: int = 0
+    bucket: int = 2_000_000  # hashed n-gram rows (gensim's default): 800 MB at dim 100
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.epochs < 1 or self.min_count < 1 or self.window < 1 or self.workers < 1:
-            raise UserError("fastText dim, epochs, min_count, window and workers must be at least 1")
+        if min(self.dim, self.epochs, self.min_count, self.window, self.workers, self.bucket) < 1:
+            raise UserError("fastText dim, epochs, min_count, window, workers and bucket must be at least 1")
         if self.max_n and not 1 <= self.min_n <= self.max_n:
             raise UserError(f"fastText n-grams need 1 <= min_n <= max_n, got {self.min_n} and {self.max_n}")
+
+
+@dataclass(frozen=True)
+class CorpusVectorOptions:
+    """Method options of a method that trains fastText on text (FOCUS, WECHSEL): subclass
+    it. The corpus is checked when the options are built, before any model is read."""
+
+    corpus: list[str] = field(default_factory=list)
+    ft_dim: int = 100
+    ft_epochs: int = 3
+    ft_min_count: int = 10
+    ft_ngrams: bool = True  # character n-grams (3-6) of each word
+    ft_bucket: int = 2_000_000
+    ft_workers: int = 1
+
+    def __post_init__(self) -> None:
+        self.fasttext_options(0)  # its own checks of the numbers
+        if self.corpus:
+            check_text(self.corpus)
+
+    def fasttext_options(self, seed: int) -> FastTextOptions:
+        return FastTextOptions(dim=self.ft_dim, epochs=self.ft_epochs, min_count=self.ft_min_count,
+                               max_n=6 if self.ft_ngrams else 0, workers=self.ft_workers, seed=seed,
+                               bucket=self.ft_bucket)
+
+
+def check_text(corpus: Sequence[Path | str]) -> list[Path]:
+    """The corpus paths, refused with one line if missing, of an unknown kind, empty, or not
+    UTF-8 (naming the file and line): a streaming pass, cheap next to training."""
+    paths = check_corpora(corpus)
+    for path in paths:
+        has_text = False
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    has_text = bool(line.decode("utf-8").strip()) or has_text
+                except UnicodeDecodeError:
+                    raise UserError(f"{path}:{number}: not UTF-8 text (convert it, e.g. with iconv)") from None
+        if not has_text:
+            raise UserError(f"{path}: the corpus is empty")
+    return paths
 
 
 def escape(word: str) -> str:
@@ -106,29 +149,38 @@ def train_vectors(corpus: Sequence[Path | str], split: Splitter, split_key: str,
 
     ``split_key`` names the splitting (a tokenizer's hash, or a word splitter's name and
     version): with the corpus digest and ``options`` it keys the cache, so a second run
-    with the same inputs loads instead of training.
+    with the same inputs loads instead of training. Beside the vectors, ``meta.json``
+    records what was trained and how long splitting and training took.
     """
-    paths = check_corpora(corpus)
+    paths = check_text(corpus)
     key = hashlib.sha256(json.dumps([corpus_digest(paths), split_key, asdict(options)]).encode()).hexdigest()[:24]
     cached = cache_dir() / "fasttext" / key  # a directory: gensim saves big arrays beside its file
     if not (cached / "vectors.kv").is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
             words_file = Path(tmp) / "words.txt"
-            if write_words(paths, split, words_file) == 0:
+            started = time.perf_counter()
+            total = write_words(paths, split, words_file)
+            split_seconds = time.perf_counter() - started
+            if total == 0:
                 raise UserError(f"no words to train fastText on in {', '.join(map(str, paths))}")
             model = FastText(
                 vector_size=options.dim, window=options.window, min_count=options.min_count, sg=0,
-                min_n=options.min_n, max_n=options.max_n, workers=options.workers, seed=options.seed)
+                min_n=options.min_n, max_n=options.max_n, workers=options.workers, seed=options.seed,
+                bucket=options.bucket)
             model.build_vocab(corpus_file=str(words_file))
             if not model.wv.key_to_index:
                 raise UserError(f"no word occurs {options.min_count} times (fastText min_count) in "
                                 f"{', '.join(map(str, paths))}")
             model.train(corpus_file=str(words_file), epochs=options.epochs,
                         total_examples=model.corpus_count, total_words=model.corpus_total_words)
+            meta = {"corpus": list(map(str, paths)), "split_key": split_key, "options": asdict(options),
+                    "words": total, "vocabulary": len(model.wv), "split_seconds": round(split_seconds, 1),
+                    "train_seconds": round(time.perf_counter() - started - split_seconds, 1)}
             with atomic_path(cached, existing="keep") as target:
                 target.mkdir()
                 model.wv.save(str(target / "vectors.kv"))
+                (target / "meta.json").write_text(json.dumps(meta, indent=1))
     vectors = KeyedVectors.load(str(cached / "vectors.kv"))
     return _unescaped(vectors)
 

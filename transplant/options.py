@@ -22,6 +22,9 @@ def _flag(name: str) -> str:
 def _convert(name: str, kind: Any, value: Any) -> Any:
     """Coerce ``value`` (often a CLI string) to the annotated type of field ``name``."""
     origin = typing.get_origin(kind)
+    if origin is list:  # repeated flags give a list; one value (a recipe's string) is a list of one
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [_convert(name, typing.get_args(kind)[0], v) for v in values]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() == "none"):
@@ -64,7 +67,9 @@ def build_options(options_cls: type, values: dict[str, Any]) -> Any:
 
 
 def parse_flags(options_cls: type, args: list[str]) -> dict[str, Any]:
-    """``['--k', '8', '--center']`` -> ``{'k': '8', 'center': True}`` for ``options_cls``."""
+    """``['--k', '8', '--center']`` -> ``{'k': '8', 'center': True}`` for ``options_cls``.
+
+    A list-valued option collects every occurrence: ``--corpus a --corpus b`` -> ``['a', 'b']``."""
     hints = typing.get_type_hints(options_cls)
     values: dict[str, Any] = {}
     i = 0
@@ -78,13 +83,18 @@ def parse_flags(options_cls: type, args: list[str]) -> dict[str, Any]:
             values[name] = True
         elif name.startswith("no_") and hints.get(name[3:]) is bool and not inline:
             values[name[3:]] = False
-        elif inline:
-            values[name] = inline
-        elif i + 1 < len(args):
-            values[name] = args[i + 1]
-            i += 1
         else:
-            raise UserError(f"{arg} needs a value")
+            if inline:
+                value = inline
+            elif i + 1 < len(args):
+                value = args[i + 1]
+                i += 1
+            else:
+                raise UserError(f"{arg} needs a value")
+            if typing.get_origin(hints.get(name)) is list:
+                values.setdefault(name, []).append(value)
+            else:
+                values[name] = value
         i += 1
     return values
 
@@ -97,6 +107,12 @@ def describe(options_cls: type) -> list[tuple[str, str, str]]:
         kind = hints[f.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]: None = the method decides
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        shown = "|".join(map(str, typing.get_args(kind))) if typing.get_origin(kind) is Literal else getattr(kind, "__name__", str(kind))
-        rows.append((_flag(f.name), shown, "auto" if f.default is None else repr(f.default)))
+        if typing.get_origin(kind) is Literal:
+            shown = "|".join(map(str, typing.get_args(kind)))
+        elif typing.get_origin(kind) is list:
+            shown = f"{typing.get_args(kind)[0].__name__}, repeatable"
+        else:
+            shown = getattr(kind, "__name__", str(kind))
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        rows.append((_flag(f.name), shown, "auto" if default is None else repr(default)))
     return rows
