@@ -92,8 +92,8 @@ def test_token_split_is_the_new_tokenizer_and_its_key_names_it(corpus_file: Path
 
 def test_rows_by_hand(match, text: Path) -> None:
     """Each placed token's row is the full-sparsemax mix of the overlap rows (computed here
-    without FAISS); tokens without a vector get the random baseline's rows."""
-    options = FocusOptions(corpus=[str(text)], ft_bucket=10_000, preselect=2)
+    without FAISS); tokens without a vector get subword rows, or the random baseline's."""
+    options = FocusOptions(corpus=[str(text)], ft_bucket=10_000, preselect=2, no_vector="random")
     ctx = make_context(match, options)
     rows = registry.get("focus")().init_rows(ctx, "input", match.missing)
 
@@ -114,8 +114,8 @@ def test_rows_by_hand(match, text: Path) -> None:
     unplaced = torch.tensor([i for i in range(len(match.missing)) if i not in placed])
     random_rows = registry.get("random")().init_rows(ctx, "input", match.missing[unplaced])
     assert torch.equal(rows[unplaced], random_rows)
-    subword = registry.get("focus")().init_rows(make_context(match, FocusOptions(
-        corpus=[str(text)], ft_bucket=10_000, no_vector="subword")), "input", match.missing)
+    subword = registry.get("focus")().init_rows(make_context(match, FocusOptions(  # the default
+        corpus=[str(text)], ft_bucket=10_000)), "input", match.missing)
     assert torch.allclose(subword[unplaced], registry.get("subword")().init_rows(
         make_context(match, registry.get("subword").Options()), "input", match.missing[unplaced]))
 

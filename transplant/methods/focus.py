@@ -19,8 +19,10 @@ from the contexts it occurs in, which is what the mix should follow. ``--ft-ngra
 switches them on. As in the reference, only tokens in the trained vocabulary count as
 having a vector.
 
-Tokens without a vector get the ``random`` baseline (per-dimension statistics, seeded), as
-in the paper, or ``subword`` rows with ``--no-vector subword``.
+Tokens without a vector get ``subword`` rows by default, or the paper's ``random`` baseline
+(per-dimension statistics, seeded) with ``--no-vector random``. In a tied model a random row
+is also a random *output* row that takes probability at every position: on SmolLM2 ->
+German 16k the 745 such tokens alone took German from 1.60 (subword) to 2.22 (random).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class FocusOptions(CorpusVectorOptions):
     ft_ngrams: bool = False  # see the module docstring
     fasttext_model: str | None = None
     preselect: int = 256
-    no_vector: NoVector = "random"
+    no_vector: NoVector = "subword"
 
     def __post_init__(self) -> None:
         super().__post_init__()

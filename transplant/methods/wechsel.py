@@ -74,7 +74,7 @@ class WechselOptions(CorpusVectorOptions):
     k: int = 10
     temperature: float = 0.1
     same_kind: bool = True
-    no_vector: NoVector = "random"
+    no_vector: NoVector = "subword"  # as focus: a random row in a tied model is a random output row
 
     def __post_init__(self) -> None:
         super().__post_init__()
