@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import bpe_tokenizer, random_hypernet
+from conftest import RANDOM_HYPERNETS, bpe_tokenizer
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.tokenizer import load_tokenizer
@@ -44,7 +44,7 @@ def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context
     if "aux_model" in names:
         given["aux_model"] = str(encoder_dir)
     if "hypernet" in names:
-        given["hypernet"] = str(random_hypernet(ctx, scratch / "hypernet"))
+        given["hypernet"] = str(RANDOM_HYPERNETS[cls.name](ctx, scratch / "hypernet"))
     ctx.options = cls.Options(**given)
     return ctx
 
