@@ -66,7 +66,6 @@ class HyperOfaTrainConfig(TrainConfig):
     max_vector_words: int = 0  # keep the most frequent N words; 0 = all
     # the network
     width: int = 256
-    layers: int = 1
     heads: int = 4
     max_words: int = 256
     # the loss and the split
@@ -85,8 +84,8 @@ class HyperOfaTrainConfig(TrainConfig):
             _ = self.fasttext  # its own checks, before anything loads
         elif not Path(self.vectors).is_file():
             raise UserError(f"word vectors not found: {self.vectors}")
-        if self.width < 1 or self.heads < 1 or self.width % self.heads or self.layers < 0 or self.max_words < 1:
-            raise UserError("need width and heads >= 1 with width divisible by heads, layers >= 0, max_words >= 1")
+        if self.width < 1 or self.heads < 1 or self.width % self.heads or self.max_words < 1:
+            raise UserError("need width and heads >= 1 with width divisible by heads, and max_words >= 1")
         if not 0 < self.holdout < 1 or not 0 <= self.infonce_weight <= 1 or not self.temperature > 0:
             raise UserError("need 0 < holdout < 1, 0 <= infonce_weight <= 1 and temperature > 0")
         out = Path(self.out)
@@ -137,6 +136,7 @@ class HyperOfaTask:
         self.targets = {name: rows.float().to(device) for name, rows in targets.items()}
         self.scale = {name: rows.abs().mean() for name, rows in self.targets.items()}
         self.train_ids, self.heldout = split_ids(examples, cfg.holdout, cfg.seed)
+        model.standardize({name: rows[self.train_ids] for name, rows in targets.items()})
         self.best = Best()
         self.step = 0
 
@@ -226,7 +226,7 @@ def train(cfg: HyperOfaTrainConfig) -> Path:
     config = HyperOfaConfig(
         hidden_size=base_input.shape[1], tied=base_output is None,
         base_hash=base_hash(vocab.tokens, base_input, base_output), vector_dim=vectors.vector_size,
-        words=len(words), width=cfg.width, layers=cfg.layers, heads=cfg.heads, max_words=cfg.max_words,
+        words=len(words), width=cfg.width, heads=cfg.heads, max_words=cfg.max_words,
     )
     torch.manual_seed(cfg.seed)
     model = HyperOfaNetwork(config, torch.from_numpy(vectors.vectors[: len(words)]))

@@ -179,8 +179,8 @@ def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
 
 def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
     """A hyperofa hypernetwork directory for the base in ``ctx``: random 8-d vectors for the
-    words of :func:`make_text` (the text the test tokenizers are trained on) and a randomly
-    initialized network."""
+    words of :func:`make_text` (the text the test tokenizers are trained on) and a network with
+    random (non-zero) heads."""
     from hypernet.fingerprint import base_hash
     from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa
 
@@ -189,7 +189,11 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
                             base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output),
                             vector_dim=8, words=len(words), width=16, heads=2)
     torch.manual_seed(seed)
-    save_hyperofa(HyperOfaNetwork(config, torch.randn(len(words), 8)), words, out)
+    model = HyperOfaNetwork(config, torch.randn(len(words), 8))
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.1)
+    save_hyperofa(model, words, out)
     return out
 
 

@@ -115,9 +115,9 @@ def test_training_recovers_a_linear_map_of_the_word_vectors(tmp_path: Path) -> N
     config = HyperOfaConfig(targets.shape[1], True, base_hash(tokens, targets, None), vectors.shape[1], len(words),
                             width=cfg.width, heads=cfg.heads)
     torch.manual_seed(0)
+    model = HyperOfaNetwork(config, vectors)
     accelerator = make_accelerator(cfg)
-    task = HyperOfaTask(cfg, HyperOfaNetwork(config, vectors), sets, words, {"input": targets},
-                        torch.arange(len(targets)), accelerator.device, {})
+    task = HyperOfaTask(cfg, model, sets, words, {"input": targets}, torch.arange(len(targets)), accelerator.device, {})
     fit(task, cfg, Path(cfg.out), accelerator)
 
     log = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
