@@ -7,8 +7,10 @@ cosine to the true rows. For ``subword`` a base token's own decomposition is the
 itself (cosine 1, nothing learned), so it is decomposed as if the base lacked it: for a
 BPE base that is the merge pair that makes the token (without that merge, BPE stops at the
 two parts), and ``subword`` is the mean of their rows — the figure ``subword`` gets for a
-new token the base spells in two pieces. Tokens without a merge (single bytes) are left out
-of both columns; the count is printed.
+new token the base spells in two pieces. Tokens without a merge (single bytes) are left out;
+the count is printed. The mean base row is printed too: base rows share a large common part,
+so plain cosine flatters anything near it, and "centered" cosine (the mean row subtracted
+from both sides) shows what a method knows about the token itself.
 """
 
 from __future__ import annotations
@@ -61,13 +63,13 @@ def main() -> None:
         if matrix is None:
             continue
         ids = held[both]
-        hyperofa = predict(model, sets.inputs(ids), which)
         left, right = torch.tensor([p for p in pairs if p is not None]).T
-        subword = (matrix[left] + matrix[right]) / 2
-        print(f"{which}: cosine to the true rows  hyperofa {F.cosine_similarity(hyperofa, matrix[ids]).mean():.4f}"
-              f"  subword (merge pair) {F.cosine_similarity(subword, matrix[ids]).mean():.4f}"
-              f"  (hyperofa on all {len(held)}: "
-              f"{F.cosine_similarity(predict(model, sets.inputs(held), which), matrix[held]).mean():.4f})")
+        rows = {"hyperofa": predict(model, sets.inputs(ids), which), "subword (merge pair)": (matrix[left] + matrix[right]) / 2,
+                "mean row": matrix.mean(0).expand(len(ids), -1)}
+        center = matrix.mean(0)
+        for name, predicted in rows.items():
+            print(f"{which:6s} {name:20s} cosine {F.cosine_similarity(predicted, matrix[ids]).mean():.4f}   "
+                  f"centered {F.cosine_similarity(predicted - center, matrix[ids] - center).mean():.4f}")
 
 
 if __name__ == "__main__":
