@@ -67,10 +67,10 @@ class HyperOfaNetwork(nn.Module):
     runs on the vectors that are present only (a flat batch), so a batch costs what its sets
     hold, not its largest set times the batch (sets run from 1 to 257 vectors, median ~2).
 
-    The word vectors are a buffer of the network (saved with it, never trained), as are the
-    base rows' statistics (:meth:`standardize`): applying the network to a new tokenizer
-    needs them, and nothing else from the training run.
-    They are L2-normalized: a fastText vector's norm mostly tracks its word's frequency.
+    The word vectors are a buffer of the network (saved with it, never trained), L2-normalized
+    (a fastText vector's norm mostly tracks its word's frequency); so are the base rows'
+    statistics (:meth:`standardize`). Applying the network to a new tokenizer needs them and
+    nothing else from the training run.
     """
 
     def __init__(self, config: HyperOfaConfig, vectors: torch.Tensor):
@@ -98,7 +98,7 @@ class HyperOfaNetwork(nn.Module):
     def standardize(self, targets: dict[str, torch.Tensor]) -> None:
         """Predict rows as offset + spread * head: the targets' mean row plus a correction in
         units of their per-dimension spread. Base rows share a large common part (SmolLM2's
-        mean row has cosine 0.67 with its rows, with dimensions up to 0.6 against a spread
+        mean row has cosine ~0.6 with its rows, with dimensions up to 0.6 against a spread
         of 0.1), which AdamW, moving a bias by about lr per step, would take thousands of
         steps to reach."""
         for i, name in enumerate(self.heads):

@@ -7,9 +7,9 @@ whose tokenization contains it — the most frequent ``max_words`` of them (vect
 vocabularies are ordered by frequency, so the lowest word indices). A token whose own
 surface is a word of the vocabulary also gets that word's vector, in a slot of its own.
 
-Everything after the tokenizer's batched encode is tensor work: (token, word) pairs are
-made unique and sorted once, and each pair's rank inside its token's group says whether it
-is kept and in which column it lands.
+After the tokenizer's batched encode the sets are tensor work: (token, word) pairs are made
+unique and sorted once, and each pair's rank inside its token's group says whether it is
+kept and in which column it lands. (The own-surface lookup is one dict lookup per token.)
 """
 
 from __future__ import annotations
