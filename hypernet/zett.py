@@ -17,7 +17,6 @@ vocabulary and embedding matrices, and applying it to anything else is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from hypernet.fingerprint import check_base
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows
@@ -59,16 +59,6 @@ class HypernetConfig:
     @property
     def model_heads(self) -> int:
         return self.heads or max(1, self.model_width // 64)
-
-
-def base_hash(tokens: Sequence[str | None], base_input: torch.Tensor, base_output: torch.Tensor | None) -> str:
-    """A fingerprint of a base model: its vocabulary and its embedding matrices (float32)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(list(tokens), ensure_ascii=False).encode())
-    for matrix in (base_input, base_output):
-        if matrix is not None:
-            digest.update(matrix.detach().to("cpu", torch.float32).contiguous().numpy())
-    return digest.hexdigest()
 
 
 def padded_ids(rows: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -158,12 +148,7 @@ def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: tor
                   base_output: torch.Tensor | None) -> HyperNetwork:
     """The hypernetwork in ``directory`` for this base, or one line saying why it does not fit."""
     config = read_config(directory)
-    if base_input.shape[1] != config.hidden_size:
-        raise UserError(f"hypernetwork {directory} was trained for a base of hidden size {config.hidden_size}, "
-                        f"this base has {base_input.shape[1]}")
-    if config.tied != (base_output is None) or base_hash(tokens, base_input, base_output) != config.base_hash:
-        raise UserError(f"hypernetwork {directory} was trained for another base model "
-                        "(its vocabulary and embedding hash differ from this one's)")
+    check_base(directory, config.hidden_size, config.tied, config.base_hash, tokens, base_input, base_output)
     model = HyperNetwork(config, base_input, base_output)
     model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
     return model.eval()

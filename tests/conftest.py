@@ -163,7 +163,8 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
     """A zett hypernetwork directory for the base in ``ctx`` with random (non-zero) heads, so
     its rows differ from the ``subword`` rows a freshly initialized one gives."""
-    from hypernet.zett import HypernetConfig, HyperNetwork, base_hash, save_hypernet
+    from hypernet.fingerprint import base_hash
+    from hypernet.zett import HypernetConfig, HyperNetwork, save_hypernet
 
     config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
                             base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output), width=32)
@@ -174,3 +175,27 @@ def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
             head.weight.normal_(0, 0.1)
     save_hypernet(model, out)
     return out
+
+
+def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
+    """A hyperofa hypernetwork directory for the base in ``ctx``: random 8-d vectors for the
+    words of :func:`make_text` (the text the test tokenizers are trained on) and a network with
+    random (non-zero) heads."""
+    from hypernet.fingerprint import base_hash
+    from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa
+
+    words = sorted(set(WORDS))
+    config = HyperOfaConfig(ctx.base_input.shape[1], ctx.base_output is None,
+                            base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output),
+                            vector_dim=8, words=len(words), width=16, heads=2)
+    torch.manual_seed(seed)
+    model = HyperOfaNetwork(config, torch.randn(len(words), 8))
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.1)
+    save_hyperofa(model, words, out)
+    return out
+
+
+# method name -> a random hypernetwork directory of that kind, for the method contract
+RANDOM_HYPERNETS = {"zett": random_hypernet, "hyperofa": random_hyperofa}

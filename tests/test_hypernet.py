@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from conftest import bpe_tokenizer, tiny_llama
 from hypernet.sampler import SamplerConfig, TokenizerSampler
 from hypernet.train import HypernetTask, HypernetTrainConfig
-from hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, base_hash, save_hypernet
+from hypernet.fingerprint import base_hash
+from hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, save_hypernet
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context

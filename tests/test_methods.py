@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import WORDS, bpe_tokenizer, make_text, random_hypernet
+from conftest import RANDOM_HYPERNETS, WORDS, bpe_tokenizer, make_text
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.tokenizer import load_tokenizer
@@ -54,7 +54,7 @@ def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context
     if "aux_model" in names:
         given["aux_model"] = str(encoder_dir)
     if "hypernet" in names:
-        given["hypernet"] = str(random_hypernet(ctx, scratch / "hypernet"))
+        given["hypernet"] = str(RANDOM_HYPERNETS[cls.name](ctx, scratch / "hypernet"))
     if "corpus" in names:
         for name, seed in (("corpus", 0), ("source_corpus", 1)):
             (scratch / f"{name}.txt").write_text(make_text(seed) + "\n" + spelled_out(seed))

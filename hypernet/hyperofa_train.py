@@ -1,0 +1,242 @@
+"""Train a HyperOFA hypernetwork for one base model (``transplant hypernet train --kind hyperofa``).
+
+1. Word vectors: a file gensim reads (``--vectors``) or fastText trained on a corpus
+   (``--train-vectors``, cached by :mod:`transplant.fasttext`).
+2. Word sets of the *base* tokenizer's tokens (:mod:`hypernet.wordsets`).
+3. Regression on the base vocabulary: every ordinary base token with at least one vector is
+   an example whose answer is its own base row(s). 3% are held out; the loss per matrix is
+
+       λ · InfoNCE(cosine / T, in-batch negatives) + (1 − λ) · L1 / mean|target|,   λ = 0.1, T = 0.25
+
+   (InfoNCE puts each prediction nearer its own row than the batch's others; the scaled L1
+   fixes the magnitude). Training runs on :func:`transplant.training.fit`; every
+   ``eval_every`` steps the held-out loss is measured and the best weights so far are kept,
+   and those are what the directory holds at the end (early stopping as model selection:
+   ``fit`` has no hook to end a run early, so the steps after the best one are spent but
+   do not count).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from gensim.models import KeyedVectors
+from transformers import AutoTokenizer
+
+from hypernet.fingerprint import base_hash
+from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
+from hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
+from transplant.checkpoint import read_embeddings
+from transplant.errors import UserError
+from transplant.fasttext import FastTextOptions, load_vectors, train_vectors
+from transplant.sources import resolve_model
+from transplant.surface import vocabulary
+from transplant.training import StepOutput, TrainConfig, check_corpora, config_dict, fit, make_accelerator
+
+
+@dataclass
+class HyperOfaTrainConfig(TrainConfig):
+    """Everything ``transplant hypernet train --kind hyperofa`` reads; a YAML sets any of it.
+    ``batch_size`` is base tokens per step (and the InfoNCE negatives)."""
+
+    steps: int = 3000
+    warmup_steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 256
+    eval_every: int = 100
+    save_every: int = 500
+    base: str = ""
+    out: str = ""
+    resume: bool = False
+    force: bool = False
+    # the word vectors: a file, or fastText trained on corpora
+    vectors: str | None = None
+    train_vectors: list[str] = field(default_factory=list)
+    vector_dim: int = 100
+    vector_epochs: int = 5
+    vector_min_count: int = 5
+    vector_workers: int = 1  # > 1 is faster but not reproducible (gensim)
+    max_vector_words: int = 0  # keep the most frequent N words; 0 = all
+    # the network
+    width: int = 256
+    heads: int = 4
+    max_words: int = 256
+    # the loss and the split
+    infonce_weight: float = 0.1
+    temperature: float = 0.25
+    holdout: float = 0.03
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.base or not self.out:
+            raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
+        if bool(self.vectors) == bool(self.train_vectors):
+            raise UserError("hyperofa needs word vectors: either --vectors FILE or --train-vectors CORPUS… (not both)")
+        if self.train_vectors:
+            check_corpora(self.train_vectors)
+            _ = self.fasttext  # its own checks, before anything loads
+        elif not Path(self.vectors).is_file():
+            raise UserError(f"word vectors not found: {self.vectors}")
+        if self.width < 1 or self.heads < 1 or self.width % self.heads or self.max_words < 1:
+            raise UserError("need width and heads >= 1 with width divisible by heads, and max_words >= 1")
+        if not 0 < self.holdout < 1 or not 0 <= self.infonce_weight <= 1 or not self.temperature > 0:
+            raise UserError("need 0 < holdout < 1, 0 <= infonce_weight <= 1 and temperature > 0")
+        out = Path(self.out)
+        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
+            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
+
+    @property
+    def fasttext(self) -> FastTextOptions:
+        return FastTextOptions(dim=self.vector_dim, epochs=self.vector_epochs, min_count=self.vector_min_count,
+                               workers=self.vector_workers, seed=self.seed)
+
+
+def split_ids(ids: torch.Tensor, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) ids: a seeded shuffle, the held-out part ``holdout`` of it (at least one)."""
+    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
+    held = max(1, math.ceil(holdout * len(ids)))
+    return order[held:], order[:held].sort().values
+
+
+@dataclass
+class Best:
+    """The best held-out loss so far, its step and its weights (the word vectors left out:
+    they never change). Checkpointed with the run, so a resumed run keeps it."""
+
+    loss: float = math.inf
+    step: int = 0
+    figures: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, loss: float, step: int, figures: dict[str, float], model: torch.nn.Module) -> None:
+        if loss < self.loss:
+            self.loss, self.step, self.figures = loss, step, figures
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k != "vectors"}
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss, "step": self.step, "figures": self.figures, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss, self.step, self.figures, self.weights = state["loss"], state["step"], state["figures"], state["weights"]
+
+
+class HyperOfaTask:
+    """The HyperOFA trainer's side of :func:`transplant.training.fit`: examples are base token ids."""
+
+    def __init__(self, cfg: HyperOfaTrainConfig, model: HyperOfaNetwork, sets: WordSets, words: list[str],
+                 targets: dict[str, torch.Tensor], examples: torch.Tensor, device: torch.device, extra: dict):
+        self.cfg, self.model, self.sets, self.words, self.extra = cfg, model, sets, words, extra
+        self.targets = {name: rows.float().to(device) for name, rows in targets.items()}
+        self.scale = {name: rows.abs().mean() for name, rows in self.targets.items()}
+        self.train_ids, self.heldout = split_ids(examples, cfg.holdout, cfg.seed)
+        model.standardize({name: rows[self.train_ids] for name, rows in targets.items()})
+        self.best = Best()
+        self.step = 0
+
+    def examples(self, epoch: int) -> Iterator[int]:
+        order = torch.randperm(len(self.train_ids), generator=torch.Generator().manual_seed(self.cfg.seed * 10_007 + epoch))
+        return iter(self.train_ids[order].tolist())
+
+    def predict(self, model: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        device = next(iter(self.targets.values())).device
+        rows_in, rows_out = model(trimmed(self.sets.inputs(ids)).to(device))
+        return {"input": rows_in} if rows_out is None else {"input": rows_in, "output": rows_out}
+
+    def objective(self, predicted: dict[str, torch.Tensor], ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss (mean over matrices) and each matrix's mean cosine to its target."""
+        total, figures = 0.0, {}
+        labels = torch.arange(len(ids), device=self.scale["input"].device)
+        for name, rows in predicted.items():
+            rows = rows.float()
+            target = self.targets[name][ids.to(labels.device)]
+            cosine = F.normalize(rows, dim=1) @ F.normalize(target, dim=1).T
+            infonce = F.cross_entropy(cosine / self.cfg.temperature, labels)
+            l1 = (rows - target).abs().mean() / self.scale[name]
+            total = total + self.cfg.infonce_weight * infonce + (1 - self.cfg.infonce_weight) * l1
+            figures[f"cos/{name}"] = cosine.diagonal().mean().item()
+        return total / len(predicted), figures
+
+    def loss(self, model: torch.nn.Module, examples: list[int], step: int, seed: int) -> StepOutput:
+        self.step = step + 1
+        ids = torch.tensor(examples, dtype=torch.long)
+        loss, figures = self.objective(self.predict(model, ids), ids)
+        return StepOutput(loss, len(ids), figures)
+
+    @torch.no_grad()
+    def evaluate(self, model: HyperOfaNetwork) -> dict[str, float]:
+        """Held-out loss (in training-sized batches, so its InfoNCE is comparable) and cosines;
+        remembers the best weights."""
+        parts = [self.objective(self.predict(model, ids), ids) for ids in self.heldout.split(self.cfg.batch_size)]
+        weights = torch.tensor([len(ids) for ids in self.heldout.split(self.cfg.batch_size)], dtype=torch.float)
+        weights /= weights.sum()
+        figures = {"loss": sum(float(w) * loss.item() for w, (loss, _) in zip(weights, parts))}
+        for name in parts[0][1]:
+            figures[name] = sum(float(w) * f[name] for w, (_, f) in zip(weights, parts))
+        self.best.update(figures["loss"], self.step, figures, model)
+        return figures | {"best_loss": self.best.loss}
+
+    def export(self, model: HyperOfaNetwork, out: Path) -> None:
+        """The best held-out weights, with the vectors, words and what the run measured."""
+        model.load_state_dict(self.best.weights | {"vectors": model.vectors})
+        record = {"best_step": self.best.step, "heldout": self.best.figures, "heldout_ids": self.heldout.tolist(),
+                  "training": config_dict(self.cfg), **self.extra}
+        save_hyperofa(model, self.words, out, record)
+
+    def state_objects(self) -> list:
+        return [self.best]
+
+
+def word_vectors(cfg: HyperOfaTrainConfig) -> KeyedVectors:
+    if cfg.vectors:
+        return load_vectors(cfg.vectors)
+    return train_vectors(cfg.train_vectors, split_words, SPLIT_KEY, cfg.fasttext)
+
+
+def train(cfg: HyperOfaTrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the directory ``--method hyperofa --hypernet`` reads."""
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg)
+    base_dir = resolve_model(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    vocab = vocabulary(tokenizer)
+    embeddings = read_embeddings(base_dir)
+    base_input = embeddings.input.float()
+    base_output = None if embeddings.output is None else embeddings.output.float()
+
+    started = time.perf_counter()
+    vectors = word_vectors(cfg)
+    words = list(vectors.index_to_key[: cfg.max_vector_words or None])
+    timings = {"vectors_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    sets = build_word_sets(tokenizer, vocab, words, {w: i for i, w in enumerate(words)}, cfg.max_words)
+    timings["word_sets_s"] = time.perf_counter() - started
+    examples = (sets.covered & ~torch.tensor(vocab.special)).nonzero().squeeze(1)
+    if len(examples) < 2:
+        raise UserError(f"only {len(examples)} base tokens have a word vector: too few to train on")
+    accelerator.print(f"{len(words):,} words of {vectors.vector_size} dims ({timings['vectors_s']:.0f} s); "
+                      f"{len(examples):,} of {len(vocab):,} base tokens have vectors ({timings['word_sets_s']:.1f} s)")
+
+    config = HyperOfaConfig(
+        hidden_size=base_input.shape[1], tied=base_output is None,
+        base_hash=base_hash(vocab.tokens, base_input, base_output), vector_dim=vectors.vector_size,
+        words=len(words), width=cfg.width, heads=cfg.heads, max_words=cfg.max_words,
+    )
+    torch.manual_seed(cfg.seed)
+    model = HyperOfaNetwork(config, torch.from_numpy(vectors.vectors[: len(words)]))
+    targets = {"input": base_input} if base_output is None else {"input": base_input, "output": base_output}
+    extra = {"base": cfg.base, "timings": timings, "base_tokens_with_vectors": len(examples)}
+    task = HyperOfaTask(cfg, model, sets, words, targets, examples, accelerator.device, extra)
+    if accelerator.is_main_process and cfg.force and not cfg.resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    started = time.perf_counter()
+    fit(task, cfg, out, accelerator, resume=cfg.resume)
+    accelerator.print(f"trained in {time.perf_counter() - started:.0f} s; best held-out step {task.best.step}: "
+                      + " ".join(f"{k} {v:.4f}" for k, v in task.best.figures.items()))
+    return out
