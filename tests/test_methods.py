@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import bpe_tokenizer, random_hypernet
+from conftest import bpe_tokenizer, make_text, random_hypernet
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.tokenizer import load_tokenizer
@@ -34,17 +34,25 @@ def make_context(match, options=None, tied: bool = False, seed: int = 0) -> Cont
     )
 
 
+def identity_parallel(path: Path, lines: int = 300) -> Path:
+    """A parallel TSV whose target is its source (the test text): enough to align end to end."""
+    path.write_text("".join(f"{line}\t{line}\n" for line in make_text(lines=lines).splitlines()))
+    return path
+
+
 def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context:
     """``ctx`` with the method's default options plus what a unit test supplies offline: the
-    local tiny encoder for a method that embeds text (its default model is downloaded), and a
+    local tiny encoder for a method that embeds text (its default model is downloaded), a
     hypernetwork for this base for a method that applies one (randomly initialized heads, so
-    its rows are not simply the subword rows)."""
+    its rows are not simply the subword rows), and a parallel corpus for one that aligns text."""
     names = {f.name for f in dataclasses.fields(cls.Options)}
     given = {}
     if "aux_model" in names:
         given["aux_model"] = str(encoder_dir)
     if "hypernet" in names:
         given["hypernet"] = str(random_hypernet(ctx, scratch / "hypernet"))
+    if "parallel" in names:
+        given["parallel"] = str(identity_parallel(scratch / "parallel.tsv"))
     ctx.options = cls.Options(**given)
     return ctx
 
