@@ -142,7 +142,8 @@ def test_exact_match_adds_a_count(cipher_corpus: dict) -> None:
     checked = 0
     for row, t in enumerate(match.missing.tolist()):
         text = match.new_vocab.surfaces[t].removeprefix(b" ")
-        same = [b for b, s in enumerate(base.surfaces) if s.removeprefix(b" ") == text and s.strip() and not base.special[b]]
+        same = [b for b, s in enumerate(base.surfaces)
+                if s.removeprefix(b" ") == text and s.strip() and not base.special[b]]
         if same and not match.new_vocab.special[t] and not text.strip().isdigit():
             expected = torch.zeros(len(base))
             expected[same] = 1 / len(same)
@@ -173,6 +174,7 @@ def test_donors_share_longest_prefix_else_contain() -> None:
     ({"parallel": "GOOD", "min_count": 0}, "--min-count"),
     ({"parallel": "GOOD", "symmetrize": "union"}, "--symmetrize"),
     ({"parallel": "GOOD", "null_prior": 1.5}, "--null-prior"),
+    ({"parallel": "GOOD", "max_tokens": 2000}, "--max-tokens"),
 ])
 def test_bad_options(tmp_path: Path, given: dict, fragment: str) -> None:
     good = identity_parallel(tmp_path / "good.tsv", 5)
@@ -236,7 +238,7 @@ foo \- frobnicate the bar
 .B foo
 frobnicates every bar it is given, one after another, until none is left.
 .PP
-When no bar is given, foo reads the names of the bars from standard input.
+When no bar is given,TABfoo reads the names of the bars from standard input.
 .TP
 \fB\-v\fR, \fB\-\-verbose\fR
 print the name of each bar as it is frobnicated by the program
@@ -298,7 +300,7 @@ def _page(root: Path, name: str, roff: str) -> None:
 def test_manpage_aligner_on_two_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = _recipe(monkeypatch)
     english, german = tmp_path / "en", tmp_path / "de"
-    _page(english, "foo", ENGLISH_PAGE)
+    _page(english, "foo", ENGLISH_PAGE.replace("TAB", "\t"))  # a tab in the text must not reach the TSV
     _page(german, "foo", GERMAN_PAGE)
     _page(english, "bar", ENGLISH_PAGE.replace(".SH COPYRIGHT", ".SH AUTHOR\nWritten by the bar team.\n.SH COPYRIGHT"))
     _page(german, "bar", GERMAN_PAGE)  # one section fewer than its English version: skipped

@@ -50,7 +50,7 @@ def sections(roff: str) -> list[tuple[str, list[str]]]:
             body.append(line)
             continue
         if heading is not None:
-            found.append((heading, manpage_prose("\n".join(body))))
+            found.append((heading, [" ".join(p.split()) for p in manpage_prose("\n".join(body))]))  # no tabs: TSV
         heading, body = m[1].strip(), []
     return found
 

@@ -54,6 +54,7 @@ class TransTokOptions:
     symmetrize: Symmetrization = "grow-diag-final"
     min_count: int = 2
     null_prior: float = 0.2  # eflomal's; lower aligns more tokens to something
+    max_tokens: int = 128  # longer pairs are left out: HMM alignment costs length² per pair
 
     def __post_init__(self) -> None:
         """Reads the corpus once (a cheap pass) so damage shows before any model is loaded."""
@@ -68,6 +69,8 @@ class TransTokOptions:
                             f"not {self.symmetrize!r}")
         if self.min_count < 1:
             raise UserError(f"transtok: --min-count must be at least 1, not {self.min_count}")
+        if not 1 <= self.max_tokens <= MAX_LENGTH:
+            raise UserError(f"transtok: --max-tokens must be between 1 and {MAX_LENGTH}, not {self.max_tokens}")
         if not 0 < self.null_prior < 1:
             raise UserError(f"transtok: --null-prior must be between 0 and 1, not {self.null_prior}")
         if check_parallel(self.parallel, self.parallel_src, self.parallel_tgt) == 0:
@@ -100,8 +103,8 @@ def cached_links(source: Sequence[np.ndarray], target: Sequence[np.ndarray], nul
     if not path.is_file():
         forward, reverse = eflomal_links(source, target, null_prior)
         with atomic_path(path, existing="keep") as tmp, tmp.open("wb") as f:
-            np.savez(f, **{f"{name}_{part}": getattr(links, part) for name, links in (("fwd", forward), ("rev", reverse))
-                           for part in ("pair", "source", "target")})
+            np.savez(f, **{f"{name}_{part}": getattr(links, part)
+                           for name, links in (("fwd", forward), ("rev", reverse)) for part in ("pair", "source", "target")})
     with np.load(path) as saved:
         return tuple(Links(*(saved[f"{name}_{part}"] for part in ("pair", "source", "target")))
                      for name in ("fwd", "rev"))  # type: ignore[return-value]
@@ -187,13 +190,17 @@ class Plan:
 
 
 def _tokenized(ctx: Context, corpus: ParallelCorpus) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Both sides tokenized; pairs with a side eflomal cannot take (empty, too long) left out."""
+    """Both sides tokenized; pairs with a side empty or over ``max_tokens`` left out. The
+    cap matters: in the man-page corpus the 7% of pairs over 128 tokens are 83% of the
+    alignment's work (an HMM pass costs source × target length per pair)."""
     advance = ctx.progress(2 * len(corpus), "tokenizing the parallel corpus")
     source = encode(ctx.match.base_tokenizer, corpus.source, advance)
     target = encode(ctx.match.new_tokenizer, corpus.target, advance)
-    keep = [0 < len(s) <= MAX_LENGTH and 0 < len(t) <= MAX_LENGTH for s, t in zip(source, target)]
+    longest = ctx.options.max_tokens
+    keep = [0 < len(s) <= longest and 0 < len(t) <= longest for s, t in zip(source, target)]
     if not any(keep):
-        raise UserError("transtok: no pair of the parallel corpus tokenizes to 1-1023 tokens on both sides")
+        raise UserError(f"transtok: no pair of the parallel corpus has 1 to {longest} tokens (--max-tokens) "
+                        "on both sides")
     return [s for s, k in zip(source, keep) if k], [t for t, k in zip(target, keep) if k]
 
 
