@@ -204,11 +204,38 @@ def _tokenized(ctx: Context, corpus: ParallelCorpus) -> tuple[list[np.ndarray], 
     return [s for s, k in zip(source, keep) if k], [t for t, k in zip(target, keep) if k]
 
 
+def aligned_table(match: VocabMatch, links: Links, source: Sequence[np.ndarray], target: Sequence[np.ndarray],
+                  aligned_ids: Sequence[int], min_count: int) -> sp.csr_matrix:
+    """(new × base) p(b|t): rows of ``aligned_ids`` from the alignment (and exact matches),
+    rows of copied tokens all on the base token they copy, every other row empty."""
+    shape = (len(match.new_vocab), len(match.base_vocab))
+    table = translation_table(count_pairs(links, source, target, shape), exact_matches(match, aligned_ids), min_count)
+    keep = np.zeros(shape[0])
+    keep[aligned_ids] = 1.0
+    copies = sp.csr_matrix((np.ones(len(match.copy_new)), (match.copy_new.numpy(), match.copy_base.numpy())),
+                           shape=shape)
+    return (sp.diags(keep) @ table + copies).tocsr()
+
+
+def smoothed(match: VocabMatch, table: sp.csr_matrix, aligned_ids: Sequence[int]) -> tuple[sp.csr_matrix, int]:
+    """The table with the empty rows of ``aligned_ids`` filled from their :func:`donors`' rows
+    (one sparse product), and how many were filled."""
+    reached = table.getnnz(axis=1) > 0
+    unreached = {i: _text(match, i) for i in aligned_ids if not reached[i]}
+    known = {i: _text(match, i) for i in np.flatnonzero(reached).tolist() if not match.new_vocab.special[i]}
+    found = donors(unreached, known)
+    rows = [i for i, ds in found.items() for _ in ds]
+    cols = [d for ds in found.values() for d in ds]
+    weights = [1.0 / len(ds) for ds in found.values() for _ in ds]
+    mean_of_donors = sp.csr_matrix((weights, (rows, cols)), shape=(table.shape[0], table.shape[0]))
+    return (table + mean_of_donors @ table).tocsr(), len(found)
+
+
 def build_plan(ctx: Context, missing: torch.Tensor) -> Plan:
+    """Tokenize, align, symmetrize, count, smooth: the table of every missing token."""
     options: TransTokOptions = ctx.options
     match = ctx.match
-    shape = (len(match.new_vocab), len(match.base_vocab))
-    clock, timings = time.perf_counter(), {}
+    timings, clock = {}, time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -221,34 +248,19 @@ def build_plan(ctx: Context, missing: torch.Tensor) -> Plan:
     lap("align")
     links = symmetrize(forward, reverse, len(source), options.symmetrize)
     lap("symmetrize")
-
     ids = missing.tolist()
     exact = [is_exact(match, i) for i in ids]
     aligned_ids = [i for i, e in zip(ids, exact) if not e]
-    table = translation_table(count_pairs(links, source, target, shape), exact_matches(match, aligned_ids),
-                              options.min_count)
-    skip = np.ones(shape[0], dtype=bool)
-    skip[aligned_ids] = False
-    table = sp.diags((~skip).astype(np.float64)) @ table  # digits, specials and copies are not aligned
-    table = table + sp.csr_matrix((np.ones(len(match.copy_new)), (match.copy_new.numpy(), match.copy_base.numpy())),
-                                  shape=shape)  # a copied token: all its weight on the base token it copies
-    reached = np.asarray(table.getnnz(axis=1)) > 0
+    table = aligned_table(match, links, source, target, aligned_ids, options.min_count)
+    aligned = int((table[aligned_ids].getnnz(axis=1) > 0).sum())
     lap("count")
-
-    unreached = {i: _text(match, i) for i in aligned_ids if not reached[i]}
-    known = {i: _text(match, i) for i in np.flatnonzero(reached).tolist() if not match.new_vocab.special[i]}
-    smooth = donors(unreached, known)
-    rows = [i for i, ds in smooth.items() for _ in ds]
-    cols = [d for ds in smooth.values() for d in ds]
-    weights = [1.0 / len(ds) for ds in smooth.values() for _ in ds]
-    table = table + sp.csr_matrix((weights, (rows, cols)), shape=(shape[0], shape[0])) @ table
+    table, filled = smoothed(match, table, aligned_ids)
     lap("smooth")
 
     table = table[ids].tocoo()
-    fallback = np.asarray(table.getnnz(axis=1)) == 0
-    counts = {"pairs": len(corpus), "pairs_aligned": len(source), "links": len(links),
-              "aligned": int(sum(reached[i] for i in aligned_ids)), "smoothed": len(smooth),
-              "exact": int(sum(exact)), "subword": int(fallback.sum()) - int(sum(exact))}
+    fallback = table.getnnz(axis=1) == 0
+    counts = {"pairs": len(corpus), "pairs_aligned": len(source), "links": len(links), "aligned": aligned,
+              "smoothed": filled, "exact": sum(exact), "subword": int(fallback.sum()) - sum(exact)}
     indices = torch.from_numpy(np.stack([table.row, table.col]).astype(np.int64))
     sparse = torch.sparse_coo_tensor(indices, torch.from_numpy(table.data).float(), table.shape, check_invariants=True)
     return Plan(sparse, torch.from_numpy(fallback), counts, timings)
