@@ -43,12 +43,19 @@ def spelled_out(seed: int, lines: int = 300) -> str:
                                 for _ in range(8)) for _ in range(lines))
 
 
+def identity_parallel(path: Path, lines: int = 300) -> Path:
+    """A parallel TSV whose target is its source (the test text): enough to align end to end."""
+    path.write_text("".join(f"{line}\t{line}\n" for line in make_text(lines=lines).splitlines()))
+    return path
+
+
 def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context:
     """``ctx`` with the method's default options plus what a unit test supplies offline: the
-    local tiny encoder for a method that embeds text (its default model is downloaded), and a
+    local tiny encoder for a method that embeds text (its default model is downloaded), a
     hypernetwork for this base for a method that applies one (randomly initialized heads, so
     its rows are not simply the subword rows); text, a word-for-word dictionary and few
-    fastText n-gram buckets (gensim's 2M take 800 MB) for a method that trains word vectors."""
+    fastText n-gram buckets (gensim's 2M take 800 MB) for a method that trains word vectors;
+    a parallel corpus for one that aligns text."""
     names = {f.name for f in dataclasses.fields(cls.Options)}
     given = {}
     if "aux_model" in names:
@@ -64,6 +71,8 @@ def with_options(cls, ctx: Context, encoder_dir: Path, scratch: Path) -> Context
     if "dictionary" in names:
         (scratch / "dictionary.tsv").write_text("".join(f"{w}\t{w}\n" for w in WORDS))
         given["dictionary"] = str(scratch / "dictionary.tsv")
+    if "parallel" in names:
+        given["parallel"] = str(identity_parallel(scratch / "parallel.tsv"))
     ctx.options = cls.Options(**given)
     return ctx
 
