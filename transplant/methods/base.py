@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 
@@ -19,6 +20,7 @@ from transplant.progress import ProgressFactory, no_progress
 from transplant.vocab import VocabMatch
 
 Which = Literal["input", "output"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ class Context:
         if which == "output" and self.donor_output is not None:
             return self.donor_output
         return self.donor_input
+
+    def plan(self, key: str, missing: torch.Tensor, build: Callable[[], T]) -> T:
+        """What a method works out once and applies to both matrices (neighbours, weights,
+        alignments): built on the first call, reused while ``missing`` is the same."""
+        cached = self.cache.get(key)
+        if cached is None or not torch.equal(cached[0], missing):
+            cached = self.cache[key] = (missing.clone(), build())
+        return cached[1]
 
     def generator(self, which: Which) -> torch.Generator:
         """A fresh generator per matrix, so results do not depend on call order."""

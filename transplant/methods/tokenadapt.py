@@ -204,8 +204,6 @@ class TokenAdapt(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         options: TokenAdaptOptions = ctx.options
-        cached = ctx.cache.get(self.name)
-        if cached is None or not torch.equal(cached[0], missing):
-            encoder = TextEncoder(resolve_text_model(options.aux_model), ctx.device)
-            cached = ctx.cache[self.name] = (missing.clone(), build_plan(ctx, missing, encoder))
-        return apply_plan(ctx, which, cached[1], options.global_weight, options.batch_size)
+        plan = ctx.plan(self.name, missing, lambda: build_plan(
+            ctx, missing, TextEncoder(resolve_text_model(options.aux_model), ctx.device)))
+        return apply_plan(ctx, which, plan, options.global_weight, options.batch_size)

@@ -273,10 +273,7 @@ class TransTok(MethodBase):
     Options: ClassVar[type] = TransTokOptions
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
-        cached = ctx.cache.get(self.name)
-        if cached is None or not torch.equal(cached[0], missing):
-            cached = ctx.cache[self.name] = (missing.clone(), build_plan(ctx, missing))
-        plan: Plan = cached[1]
+        plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing))
         base = ctx.base(which).to(ctx.device, torch.float32)
         rows = torch.sparse.mm(plan.table.to(ctx.device), base)
         fallback = plan.fallback.to(ctx.device)

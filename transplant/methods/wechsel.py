@@ -187,10 +187,7 @@ class Wechsel(MethodBase):
     Options: ClassVar[type] = WechselOptions
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
-        cached = ctx.cache.get(self.name)
-        if cached is None or not torch.equal(cached[0], missing):
-            cached = ctx.cache[self.name] = (missing.clone(), build_plan(ctx, missing))
-        plan: Plan = cached[1]
+        plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing))
         base = ctx.base(which).to(ctx.device, torch.float32)
         rows = mix_rows(base, plan.ids.to(ctx.device), plan.weights.to(ctx.device))
         if not plan.placed.all():
