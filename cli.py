@@ -118,7 +118,8 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
-    from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, load_model, ppl_ratio
+    from transplant.corpus import load_corpus
+    from transplant.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
     from transplant.progress import progress_bars
     from transplant.report import pair_grid
 

@@ -160,7 +160,7 @@ def why_mergekit_misses(surface: bytes, special: bool) -> str:
 
 def corpus_token_counts(tokenizer: PreTrainedTokenizerBase, corpus: str, rows: int) -> dict[str, torch.Tensor]:
     """Per corpus group and overall: how often each new id occurs in the corpus."""
-    from transplant.evaluate import load_corpus
+    from transplant.corpus import load_corpus
 
     counts: dict[str, torch.Tensor] = {}
     for doc in load_corpus(Path(corpus)):

@@ -38,7 +38,8 @@ from transplant.errors import UserError
 from transplant.fasttext import FastTextOptions, load_vectors, train_vectors
 from transplant.sources import resolve_model
 from transplant.surface import vocabulary
-from transplant.training import StepOutput, TrainConfig, check_corpora, config_dict, fit, make_accelerator
+from transplant.corpus import check_corpora
+from transplant.training import StepOutput, TrainConfig, config_dict, fit, make_accelerator
 
 
 @dataclass

@@ -45,11 +45,12 @@ from hypernet.fingerprint import base_hash
 from hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
 from transplant.checkpoint import read_embeddings
 from transplant.errors import UserError
-from transplant.evaluate import EvalConfig, evaluate_model, load_corpus, prefix_token_id
+from transplant.corpus import check_corpora, load_corpus
+from transplant.evaluate import EvalConfig, evaluate_model, prefix_token_id
 from transplant.sources import resolve_model
 from transplant.surface import vocabulary
 from transplant.training import (
-    StepOutput, TrainConfig, check_corpora, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
+    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
 )
 from transplant.vocab import encode_bytes
 

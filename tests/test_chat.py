@@ -10,7 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.evaluate import evaluate_model, load_corpus, load_model
+from transplant.corpus import load_corpus
+from transplant.evaluate import evaluate_model, load_model
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.tokenizer import load_tokenizer
 

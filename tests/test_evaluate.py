@@ -15,11 +15,10 @@ from cli import app
 from conftest import bpe_tokenizer, tiny_llama
 from transplant.compare import CompareConfig, compare
 from transplant.errors import UserError
+from transplant.corpus import Document
 from transplant.evaluate import (
-    Document,
     EvalConfig,
     evaluate_model,
-    load_corpus,
     make_windows,
     ppl_ratio,
     score_documents,
@@ -199,27 +198,6 @@ def test_groups_add_up_to_overall(model, large_tok):
     assert ev.overall.nll == pytest.approx(sum(s.nll for s in ev.groups.values()))
     assert min(s.bits_per_byte for s in ev.groups.values()) <= ev.overall.bits_per_byte
     assert ev.overall.bits_per_byte <= max(s.bits_per_byte for s in ev.groups.values())
-
-
-def test_load_txt_and_jsonl(tmp_path: Path):
-    txt = tmp_path / "c.txt"
-    txt.write_text("first para\nline two\n\n\n  second  \n\n", encoding="utf-8")
-    assert load_corpus(txt) == [Document("first para\nline two"), Document("second")]
-    jsonl = tmp_path / "c.jsonl"
-    rows = [{"text": "a", "lang": "en"}, {"text": "b", "lang": "de"}, {"text": "c", "lang": "en"}, {"text": "d"},
-            {"text": "e", "lang": "en", "domain": "web"}, {"text": "  "}]
-    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    assert [(d.text, d.group) for d in load_corpus(jsonl)] == [
-        ("a", "en"), ("b", "de"), ("c", "en"), ("d", "all"), ("e", "en/web")]
-    assert [d.text for d in load_corpus(jsonl, max_docs=1)] == ["a", "b", "d", "e"]
-
-
-@pytest.mark.parametrize("content,name", [("{\"txt\": 1}\n", "bad.jsonl"), ("x", "c.csv"), ("\n\n", "empty.txt")])
-def test_bad_corpus_is_a_user_error(tmp_path: Path, content, name):
-    path = tmp_path / name
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(UserError):
-        load_corpus(path)
 
 
 REAL_TEXT = [

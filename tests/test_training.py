@@ -13,34 +13,12 @@ import torch.nn.functional as F
 
 from transplant.errors import UserError
 from transplant.training import (
-    StepOutput, Stream, TrainConfig, check_corpora, documents, fit, load_config, lr_factor, make_accelerator, pack,
-    read_documents, shuffled, text_chunks,
+    StepOutput, Stream, TrainConfig, documents, fit, load_config, lr_factor, make_accelerator, pack, shuffled,
+    text_chunks,
 )
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_read_documents_txt_and_jsonl(tmp_path: Path) -> None:
-    txt = tmp_path / "a.txt"
-    txt.write_text("one\nline two\n\n\n  \nthree\n\nfour")
-    jsonl = tmp_path / "b.jsonl"
-    jsonl.write_text('{"text": "x", "lang": "de"}\n\n{"text": "  "}\n{"text": "y\\n\\nz"}\n')
-    assert list(read_documents(txt)) == ["one\nline two", "three", "four"]
-    assert list(read_documents(jsonl)) == ["x", "y\n\nz"]
-    jsonl.write_text('{"text": "x"}\n[1]\n')
-    with pytest.raises(UserError, match="b.jsonl:2"):
-        list(read_documents(jsonl))
-
-
-def test_check_corpora_refuses_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not found"):
-        check_corpora([tmp_path / "missing.txt"])
-    (tmp_path / "c.csv").write_text("a")
-    with pytest.raises(UserError, match=".txt or .jsonl"):
-        check_corpora([tmp_path / "c.csv"])
-    with pytest.raises(UserError, match="no training corpus"):
-        check_corpora([])
 
 
 def test_pack_keeps_every_token_once_in_order() -> None:

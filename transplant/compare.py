@@ -24,7 +24,8 @@ from typing import Any
 
 from transplant import __version__
 from transplant.errors import UserError
-from transplant.evaluate import Document, EvalConfig, Evaluation, Progress, evaluate_model, load_corpus, load_model
+from transplant.corpus import Document, load_corpus
+from transplant.evaluate import EvalConfig, Evaluation, Progress, evaluate_model, load_model
 from transplant.methods import registry
 from transplant.options import build_options
 from transplant.pipeline import TransplantConfig, transplant

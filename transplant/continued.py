@@ -36,11 +36,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transplant.atomic import atomic_path
 from transplant.checkpoint import INITIALIZED_FILE
 from transplant.errors import UserError
-from transplant.evaluate import Document, EvalConfig, Evaluation, Score, evaluate_model, load_corpus, load_model
+from transplant.corpus import Document, check_corpora, load_corpus
+from transplant.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
 from transplant.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
 from transplant.training import (
-    StepOutput, TrainConfig, check_corpora, config_dict, documents, fit, load_config, make_accelerator, pack,
+    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack,
 )
 
 

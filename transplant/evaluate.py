@@ -15,27 +15,19 @@ are sorted by length and run in padded batches whose logits stay within a memory
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from transplant.corpus import Document
 from transplant.errors import UserError
 
-DEFAULT_GROUP = "all"
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
 
 Progress = Callable[[int, int], None]  # (windows just scored, total windows)
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    group: str = DEFAULT_GROUP
 
 
 @dataclass(frozen=True)
@@ -114,51 +106,6 @@ class Evaluation:
             "overall": self.overall.to_dict(),
             "groups": {name: score.to_dict() for name, score in self.groups.items()},
         }
-
-
-def load_corpus(path: Path, max_docs: int | None = None) -> list[Document]:
-    """Read `.txt` (blank-line-separated paragraphs) or `.jsonl` (`text`, optional `lang`/`domain`).
-
-    `max_docs` keeps the first N documents of each group, so every language stays represented.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"corpus not found: {path}")
-    if path.suffix == ".jsonl":
-        docs = list(_read_jsonl(path))
-    elif path.suffix == ".txt":
-        paragraphs = path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n\n")
-        docs = [Document(p.strip()) for p in paragraphs if p.strip()]
-    else:
-        raise UserError(f"corpus must be .txt or .jsonl, got {path.name}")
-    if max_docs is not None:
-        if max_docs < 1:
-            raise UserError(f"--max-docs must be at least 1, got {max_docs}")
-        seen: dict[str, int] = {}
-        kept = []
-        for doc in docs:
-            seen[doc.group] = seen.get(doc.group, 0) + 1
-            if seen[doc.group] <= max_docs:
-                kept.append(doc)
-        docs = kept
-    if not docs:
-        raise UserError(f"corpus has no documents: {path}")
-    return docs
-
-
-def _read_jsonl(path: Path) -> Iterable[Document]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                text = record["text"].strip()
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-                raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' string ({e})") from e
-            labels = [str(record[k]) for k in ("lang", "domain") if record.get(k)]
-            if text:
-                yield Document(text, "/".join(labels) or DEFAULT_GROUP)
 
 
 def prefix_token_id(tokenizer) -> int:

@@ -30,7 +30,7 @@ from gensim.models.fasttext import load_facebook_vectors
 from transplant.atomic import atomic_path
 from transplant.cache import cache_dir
 from transplant.errors import UserError
-from transplant.training import check_corpora, read_documents
+from transplant.corpus import check_corpora, texts
 
 Splitter = Callable[[list[str]], list[list[str]]]  # a batch of lines -> the words of each line
 _BATCH = 1000  # lines split per call: a tokenizer's encode_batch runs them in parallel
@@ -106,8 +106,8 @@ def escape(word: str) -> str:
 def lines(paths: Sequence[Path]) -> Iterable[str]:
     """The non-empty lines of every document of ``paths``, streamed."""
     for path in paths:
-        for doc in read_documents(path):
-            yield from (line for line in doc.splitlines() if line.strip())
+        for text in texts(path):
+            yield from (line for line in text.splitlines() if line.strip())
 
 
 def corpus_digest(paths: Sequence[Path]) -> str:

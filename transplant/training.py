@@ -34,6 +34,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+from transplant.corpus import texts
 from transplant.errors import UserError
 from transplant.options import build_options
 
@@ -124,43 +125,6 @@ def config_dict(config: Any) -> dict[str, Any]:
 # --- data --------------------------------------------------------------------------------
 
 
-def check_corpora(paths: Sequence[Path | str]) -> list[Path]:
-    """The corpus paths, refused with one line if missing or of an unknown kind."""
-    if not paths:
-        raise UserError("no training corpus given (--corpus FILE)")
-    checked = []
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise UserError(f"corpus not found: {p}")
-        if p.suffix not in (".txt", ".jsonl"):
-            raise UserError(f"corpus must be .txt or .jsonl, got {p.name}")
-        checked.append(p)
-    return checked
-
-
-def read_documents(path: Path) -> Iterator[str]:
-    """Documents of one file, streamed: blank-line-separated paragraphs of a ``.txt``, the
-    ``text`` field of each ``.jsonl`` line. The same split as :func:`transplant.evaluate.load_corpus`."""
-    with Path(path).open(encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        text = json.loads(line)["text"].strip()
-                    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-                        raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' string") from e
-                    if text:
-                        yield text
-            return
-        paragraph: list[str] = []
-        for line in itertools.chain(f, [""]):
-            if line.strip():
-                paragraph.append(line.rstrip("\n"))
-            elif paragraph:
-                yield "\n".join(paragraph).strip()
-                paragraph = []
-
-
 def shuffled(items: Iterable[T], buffer: int, rng: random.Random) -> Iterator[T]:
     """A streaming shuffle: keep ``buffer`` items, emit a random one as each new one comes.
     Mixes sources that a corpus file holds one after another without reading it all."""
@@ -180,7 +144,7 @@ def shuffled(items: Iterable[T], buffer: int, rng: random.Random) -> Iterator[T]
 
 def documents(paths: Sequence[Path], epoch: int, seed: int = 0, buffer: int = 0) -> Iterator[str]:
     """All documents of ``paths`` for one epoch, shuffled through a buffer seeded by epoch."""
-    stream = itertools.chain.from_iterable(read_documents(p) for p in paths)
+    stream = itertools.chain.from_iterable(texts(p) for p in paths)
     return shuffled(stream, buffer, random.Random(f"{seed}:{epoch}"))
 
 

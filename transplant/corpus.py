@@ -1,0 +1,93 @@
+"""Text corpora: what a document is, for everything that reads text.
+
+A ``.txt`` holds documents separated by blank lines; a ``.jsonl`` holds one JSON object per
+line with a ``text`` and optional ``lang``/``domain`` labels, which name the group a
+document's figures are reported under. Trainers stream documents (corpora of gigabytes);
+evaluation lists the first few of each group. One reader serves both, so a document is
+the same thing whether it is trained on or scored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transplant.errors import UserError
+
+DEFAULT_GROUP = "all"
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    group: str = DEFAULT_GROUP
+
+
+def check_corpus(path: Path | str) -> Path:
+    """The path, refused with one line if missing or of an unknown kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"corpus not found: {path}")
+    if path.suffix not in (".txt", ".jsonl"):
+        raise UserError(f"corpus must be .txt or .jsonl, got {path.name}")
+    return path
+
+
+def check_corpora(paths: Sequence[Path | str]) -> list[Path]:
+    """Training corpus paths, each checked; at least one."""
+    if not paths:
+        raise UserError("no training corpus given (--corpus FILE)")
+    return [check_corpus(p) for p in paths]
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Documents of one file, streamed (Windows line ends read as plain ones)."""
+    path = check_corpus(path)
+    with path.open(encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    yield _json_document(path, line_no, line)
+            return
+        paragraph: list[str] = []
+        for line in itertools.chain(f, [""]):
+            if line.strip():
+                paragraph.append(line.rstrip("\r\n"))
+            elif paragraph:
+                yield Document("\n".join(paragraph).strip())
+                paragraph = []
+
+
+def _json_document(path: Path, line_no: int, line: str) -> Document:
+    try:
+        record = json.loads(line)
+        text = record["text"].strip()
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' string ({e})") from None
+    labels = [str(record[k]) for k in ("lang", "domain") if record.get(k)]
+    return Document(text, "/".join(labels) or DEFAULT_GROUP)
+
+
+def texts(path: Path) -> Iterator[str]:
+    """The non-empty texts of one file's documents, streamed: what trainers read."""
+    return (doc.text for doc in read_documents(path) if doc.text)
+
+
+def load_corpus(path: Path | str, max_docs: int | None = None) -> list[Document]:
+    """Every document of ``path`` with text; ``max_docs`` keeps the first N of each group, so
+    every language of an evaluation corpus stays represented."""
+    if max_docs is not None and max_docs < 1:
+        raise UserError(f"--max-docs must be at least 1, got {max_docs}")
+    seen: dict[str, int] = {}
+    docs = []
+    for doc in read_documents(Path(path)):
+        if doc.text:
+            seen[doc.group] = seen.get(doc.group, 0) + 1
+            if max_docs is None or seen[doc.group] <= max_docs:
+                docs.append(doc)
+    if not docs:
+        raise UserError(f"corpus has no documents: {path}")
+    return docs
