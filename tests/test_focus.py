@@ -3,6 +3,7 @@ method's rows by hand, and the command line (happy path and bad corpora)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_cli_tiny_model(corpus_file: Path, sp_model: Path, text: Path, tmp_path:
     assert result.exit_code == 0, result.output
     record = (out / "transplant.json").read_text()
     assert str(text) in record and str(corpus_file) in record and '"ft_ngrams": true' in record
+    report = json.loads(record)["method_report"]  # what the method did, for an audit
+    assert report["placed"] + report["no_vector"] == json.loads(record)["counts"]["initialized"]
+    assert report["placed"] > 0 and report["mean_support"] >= 1 and report["anchors"] > 0
 
 
 @pytest.mark.parametrize(

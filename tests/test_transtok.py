@@ -203,6 +203,9 @@ def test_cli_end_to_end(base_model: Path, sp_model: Path, tmp_path: Path) -> Non
     record = json.loads((out / "transplant.json").read_text())
     assert record["method"] == "transtok" and record["options"]["parallel"] == str(tsv)
     assert record["options"]["symmetrize"] == "intersect" and record["counts"]["initialized"] > 0
+    report = record["method_report"]  # what the alignment reached, for an audit
+    assert report["counts"]["pairs"] == 300 and report["counts"]["aligned"] > 0
+    assert set(report["seconds"]) == {"tokenize", "align", "symmetrize", "count", "smooth"}
     model = AutoModelForCausalLM.from_pretrained(out)
     ids = load_tokenizer(str(sp_model))("the house over the garden", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()

@@ -4,6 +4,7 @@ search by kind, the method's rows by hand, and the command line."""
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,10 @@ def test_cli_tiny_model(corpus_file: Path, sp_model: Path, texts: dict[str, Path
                  "--corpus", str(texts["corpus"]), "--source-corpus", str(texts["source"]),
                  "--source-corpus", str(corpus_file), "--dictionary", str(texts["dictionary"]), "--ft-bucket", "10000")
     assert result.exit_code == 0, result.output
-    assert '"same_kind": true' in (out / "transplant.json").read_text()
+    record = json.loads((out / "transplant.json").read_text())
+    assert record["options"]["same_kind"] is True
+    report = record["method_report"]  # what the method did, for an audit
+    assert report["placed"] + report["no_vector"] == record["counts"]["initialized"] and report["dictionary_pairs"] > 0
     for name, dictionary, error in (("dictd", write_dictd(tmp_path), None),  # house -> Haus (as haus), home -> Haus
                                     ("unrelated", tmp_path / "none.tsv", "no dictionary pair has both words")):
         (tmp_path / "none.tsv").write_text("xyzzy\tplugh\n")

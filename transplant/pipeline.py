@@ -164,6 +164,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         "chat_markers_added": added,
         "tied": embeddings.tied,
         "counts": counts,
+        "method_report": ctx.report,
         "initialized_rows": INITIALIZED_FILE,
     }
     initialized = torch.zeros(match.num_rows, dtype=torch.bool)

@@ -38,6 +38,8 @@ class Context:
     gives long work an ``advance(n)`` callback (see :mod:`transplant.progress`).
     ``base_dir``/``donor_dir`` are the checkpoint directories the matrices came from, for a
     method that runs an external tool on the checkpoints themselves (``mergekit``).
+    ``report`` is where a method says what it did (tokens placed, fallbacks, alignment
+    counts); the pipeline writes it to ``transplant.json`` as ``method_report``.
     """
 
     match: VocabMatch
@@ -52,6 +54,7 @@ class Context:
     donor_dir: Path | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFactory = no_progress
+    report: dict[str, Any] = field(default_factory=dict)  # what the method did, for transplant.json
 
     def base(self, which: Which) -> torch.Tensor:
         """The base matrix for ``which``; the input matrix stands in for a tied output."""

@@ -99,11 +99,13 @@ def token_vectors(vectors: KeyedVectors, tokens: list[str | None]) -> tuple[torc
 @dataclass
 class Plan:
     """Per missing token: base ids (-1 = padding) and sparsemax weights; ``placed`` marks
-    the tokens that had a vector (the others get fallback rows)."""
+    the tokens that had a vector (the others get fallback rows); ``anchors``: overlap tokens
+    with a vector."""
 
     ids: torch.Tensor
     weights: torch.Tensor
     placed: torch.Tensor
+    anchors: int
 
 
 def build_plan(ctx: Context, missing: torch.Tensor, vectors: KeyedVectors) -> Plan:
@@ -123,7 +125,7 @@ def build_plan(ctx: Context, missing: torch.Tensor, vectors: KeyedVectors) -> Pl
         ids, weights = ids.new_full((len(missing), width), -1), weights.new_zeros(len(missing), width)
         ids[placed] = torch.where(sparse.ids >= 0, anchor_base[anchor_has][sparse.ids.clamp(min=0)], -1)
         weights[placed] = sparse.weights
-    return Plan(ids, weights, placed)
+    return Plan(ids, weights, placed, int(anchor_has.sum()))
 
 
 def load_or_train(ctx: Context) -> KeyedVectors:
@@ -142,6 +144,9 @@ class Focus(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing, load_or_train(ctx)))
+        support = (plan.weights[plan.placed] > 0).sum(1).float()
+        ctx.report.update(placed=int(plan.placed.sum()), no_vector=int((~plan.placed).sum()), anchors=plan.anchors,
+                          mean_support=round(support.mean().item(), 2) if len(support) else 0.0)
         base = ctx.base(which).to(ctx.device, torch.float32)
         rows = mix_rows(base, plan.ids.to(ctx.device), plan.weights.to(ctx.device))
         if not plan.placed.all():

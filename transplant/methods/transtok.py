@@ -274,6 +274,7 @@ class TransTok(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing))
+        ctx.report.update(counts=plan.counts, seconds=plan.timings)
         base = ctx.base(which).to(ctx.device, torch.float32)
         rows = torch.sparse.mm(plan.table.to(ctx.device), base)
         fallback = plan.fallback.to(ctx.device)

@@ -188,6 +188,8 @@ class Wechsel(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing))
+        ctx.report.update(placed=int(plan.placed.sum()), no_vector=int((~plan.placed).sum()),
+                          dictionary_pairs=plan.pairs)
         base = ctx.base(which).to(ctx.device, torch.float32)
         rows = mix_rows(base, plan.ids.to(ctx.device), plan.weights.to(ctx.device))
         if not plan.placed.all():
