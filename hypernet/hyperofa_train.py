@@ -11,9 +11,8 @@
    (InfoNCE puts each prediction nearer its own row than the batch's others; the scaled L1
    fixes the magnitude). Training runs on :func:`transplant.training.fit`; every
    ``eval_every`` steps the held-out loss is measured and the best weights so far are kept,
-   and those are what the directory holds at the end (early stopping as model selection:
-   ``fit`` has no hook to end a run early, so the steps after the best one are spent but
-   do not count).
+   and those are what the directory holds at the end. Early stopping: after ``patience``
+   evaluations without a better held-out loss the run ends there (0 = run every step).
 """
 
 from __future__ import annotations
@@ -73,6 +72,7 @@ class HyperOfaTrainConfig(TrainConfig):
     infonce_weight: float = 0.1
     temperature: float = 0.25
     holdout: float = 0.03
+    patience: int = 5  # evaluations without a better held-out loss before stopping; 0 = never
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +89,8 @@ class HyperOfaTrainConfig(TrainConfig):
             raise UserError("need width and heads >= 1 with width divisible by heads, and max_words >= 1")
         if not 0 < self.holdout < 1 or not 0 <= self.infonce_weight <= 1 or not self.temperature > 0:
             raise UserError("need 0 < holdout < 1, 0 <= infonce_weight <= 1 and temperature > 0")
+        if self.patience < 0:
+            raise UserError(f"patience must not be negative, got {self.patience}")
         out = Path(self.out)
         if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
             raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
@@ -182,6 +184,10 @@ class HyperOfaTask:
             figures[name] = sum(float(w) * f[name] for w, (_, f) in zip(weights, parts))
         self.best.update(figures["loss"], self.step, figures, model)
         return figures | {"best_loss": self.best.loss}
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``patience`` evaluations in a row without a better held-out loss."""
+        return self.cfg.patience > 0 and self.step - self.best.step >= self.cfg.patience * max(1, self.cfg.eval_every)
 
     def export(self, model: HyperOfaNetwork, out: Path) -> None:
         """The best held-out weights, with the vectors, words and what the run measured."""

@@ -256,6 +256,9 @@ class HypernetTask:
     def export(self, model: HyperNetwork, out: Path) -> None:
         save_hypernet(model, out, {"base": self.cfg.base, "training": config_dict(self.cfg)})
 
+    def should_stop(self) -> bool:
+        return False
+
     def state_objects(self) -> list:
         return [self.sampler]
 

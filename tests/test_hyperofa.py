@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from cli import app
 from conftest import WORDS, bpe_tokenizer, tiny_llama
 from hypernet.fingerprint import base_hash
 from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, HyperOfaOptions, load_hyperofa, predict
-from hypernet.hyperofa_train import HyperOfaTask, HyperOfaTrainConfig
+from hypernet.hyperofa_train import Best, HyperOfaTask, HyperOfaTrainConfig
 from hypernet.wordsets import WordSets, build_word_sets, split_words, token_word_pairs
 from transplant.errors import UserError
 from transplant.surface import vocabulary
@@ -133,8 +134,21 @@ def test_training_recovers_a_linear_map_of_the_word_vectors(tmp_path: Path) -> N
     assert record["heldout_ids"] == held.tolist() and record["best_step"] == task.best.step > 0
 
 
+@pytest.mark.parametrize(("patience", "step", "best_step", "stop"), [
+    (2, 200, 100, True),  # two evaluations (every 50 steps) after the best one: stop
+    (2, 150, 100, False),  # one: go on
+    (0, 1000, 0, False),  # patience 0: every step runs
+])
+def test_early_stopping_after_patience_evaluations_without_a_better_loss(patience: int, step: int, best_step: int,
+                                                                         stop: bool) -> None:
+    task = SimpleNamespace(cfg=SimpleNamespace(patience=patience, eval_every=50), step=step, best=Best(step=best_step))
+    assert HyperOfaTask.should_stop(task) is stop
+
+
 def test_config_refusals(tmp_path: Path, corpus_file: Path) -> None:
     common = dict(base="smollm2-135m", out=str(tmp_path / "hn"))
+    with pytest.raises(UserError, match="patience"):
+        load_config(HyperOfaTrainConfig, None, vectors=str(corpus_file), patience=-1, **common)
     with pytest.raises(UserError, match="--vectors FILE or --train-vectors"):
         load_config(HyperOfaTrainConfig, None, **common)
     with pytest.raises(UserError, match="--vectors FILE or --train-vectors"):

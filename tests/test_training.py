@@ -101,6 +101,8 @@ class BigramTask:
 
     model: torch.nn.Module
     crash_at: int | None = None
+    stop_at: int | None = None  # ask fit to stop at the first evaluation from this step on
+    step: int = 0
 
     def examples(self, epoch: int):
         rng = random.Random(epoch)
@@ -111,6 +113,7 @@ class BigramTask:
     def loss(self, model, examples, step: int, seed: int) -> StepOutput:
         if step == self.crash_at:
             raise Interrupted
+        self.step = step + 1
         batch = torch.stack(examples)
         logits = model(batch[:, :-1])
         noise = torch.randn((), generator=torch.Generator().manual_seed(seed)) * 1e-3  # seeds must replay too
@@ -118,7 +121,10 @@ class BigramTask:
         return StepOutput(loss, batch[:, 1:].numel())
 
     def evaluate(self, model) -> dict[str, float]:
-        return {}
+        return {"seen": float(self.step)}
+
+    def should_stop(self) -> bool:
+        return self.stop_at is not None and self.step >= self.stop_at
 
     def export(self, model, out: Path) -> None:
         torch.save(model.state_dict(), out / "final.pt")
@@ -132,8 +138,9 @@ def bigram_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50))
 
 
-def run(out: Path, cfg: TrainConfig, crash_at: int | None = None, resume: bool = False) -> list[dict]:
-    task = BigramTask(bigram_model(), crash_at)
+def run(out: Path, cfg: TrainConfig, crash_at: int | None = None, resume: bool = False,
+        stop_at: int | None = None) -> list[dict]:
+    task = BigramTask(bigram_model(), crash_at, stop_at)
     try:
         fit(task, cfg, out, make_accelerator(cfg), resume=resume)
     except Interrupted:
@@ -144,15 +151,27 @@ def run(out: Path, cfg: TrainConfig, crash_at: int | None = None, resume: bool =
 def test_fit_lowers_loss_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=12, warmup_steps=2, lr=3e-2, batch_size=4, grad_accum=2, save_every=4, log_every=100,
                       mixed_precision="no", shuffle_buffer=0)
-    whole = run(tmp_path / "whole", cfg)
+    whole = [r for r in run(tmp_path / "whole", cfg) if "loss" in r]
     assert [r["step"] for r in whole] == list(range(1, 13))
     assert whole[-1]["loss"] < whole[0]["loss"] - 1.0
 
     run(tmp_path / "cut", cfg, crash_at=6)  # dies during step 7, after the checkpoint of step 4
     assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").iterdir())] == ["step-00000004"]
-    resumed = run(tmp_path / "cut", cfg, resume=True)
+    resumed = [r for r in run(tmp_path / "cut", cfg, resume=True) if "loss" in r]
     assert [r["step"] for r in resumed] == list(range(1, 13))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     final = [torch.load(tmp_path / d / "final.pt") for d in ("whole", "cut")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
     assert len(list((tmp_path / "cut" / "checkpoints").iterdir())) == cfg.keep_checkpoints
+
+
+def test_a_task_can_stop_the_run_early_and_it_still_exports(tmp_path: Path) -> None:
+    """Early stopping: the task says so after an evaluation; the loop ends there, without a
+    second evaluation of the same step, and the artifact is written as after the last step."""
+    cfg = TrainConfig(steps=12, warmup_steps=2, lr=3e-2, batch_size=4, eval_every=3, log_every=100,
+                      mixed_precision="no", shuffle_buffer=0)
+    log = run(tmp_path / "stopped", cfg, stop_at=5)
+    assert [r["step"] for r in log if "eval" in r] == [0, 3, 6]
+    assert max(r["step"] for r in log) == 6
+    assert (tmp_path / "stopped" / "final.pt").is_file()
+    assert [r["step"] for r in run(tmp_path / "full", cfg) if "eval" in r] == [0, 3, 6, 9, 12]

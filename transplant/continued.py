@@ -251,6 +251,9 @@ class ContinuedTask:
         if self.stage == self.last_stage:
             export_trained(model, self.loaded, self.cfg)
 
+    def should_stop(self) -> bool:
+        return False  # a fixed budget of steps: the curve is the result
+
     def state_objects(self) -> list:
         return []
 

@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 
 from transplant.corpus import texts
 from transplant.errors import UserError
@@ -298,6 +298,11 @@ class Task(Protocol):
         """Held-out figures for the log (main process only; may return {})."""
         ...
 
+    def should_stop(self) -> bool:
+        """Asked after each evaluation (main process only): True ends the run there, e.g.
+        when the held-out figure has stopped improving (early stopping)."""
+        ...
+
     def export(self, model: torch.nn.Module, out: Path) -> None:
         """Write the finished artifact into ``out`` (main process only)."""
         ...
@@ -369,7 +374,10 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         (out / "log.jsonl").unlink(missing_ok=True)
     rank, world, per_step = accelerator.process_index, accelerator.num_processes, cfg.batch_size * accelerator.num_processes
 
-    def evaluate() -> None:
+    def evaluate() -> bool:
+        """Log the held-out figures; whether the task asks to stop, the main process's
+        answer on every process, so that all of them leave the loop together."""
+        stop = [False]
         if accelerator.is_main_process:
             model.eval()
             figures = task.evaluate(accelerator.unwrap_model(model))
@@ -377,13 +385,16 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
             if figures:
                 _log(accelerator, out, {"step": progress.step, "eval": figures})
                 accelerator.print(f"eval @ {progress.step}: " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+            stop[0] = task.should_stop()
         accelerator.wait_for_everyone()
+        return broadcast_object_list(stop)[0]
 
+    stopped = False
     if progress.step == 0:
         evaluate()
     started, start_tokens, start_step = time.perf_counter(), progress.tokens, progress.step
     model.train()
-    while progress.step < cfg.steps:
+    while progress.step < cfg.steps and not stopped:
         losses, tokens, metrics = [], 0, {}
         for micro in range(cfg.grad_accum):
             examples = stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
@@ -410,10 +421,13 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
             accelerator.print(f"step {progress.step}/{cfg.steps} | loss {loss:.4f} | lr {schedule.get_last_lr()[0]:.2e}"
                               f" | {rate:,.0f} tok/s | eta {eta / 60:.1f} min")
         if cfg.eval_every and progress.step % cfg.eval_every == 0 and progress.step < cfg.steps:
-            evaluate()
-        if progress.step % cfg.save_every == 0 or progress.step == cfg.steps:
+            stopped = evaluate()
+        if progress.step % cfg.save_every == 0 or progress.step == cfg.steps or stopped:
             _save(accelerator, out, progress.step, cfg.keep_checkpoints)
-    evaluate()
+    if stopped:
+        accelerator.print(f"stopped early at step {progress.step} of {cfg.steps}")
+    else:
+        evaluate()
     if accelerator.is_main_process:
         task.export(accelerator.unwrap_model(model), out)
     accelerator.wait_for_everyone()
