@@ -62,3 +62,14 @@ def test_check_corpora_refuses_in_one_line(tmp_path: Path) -> None:
         check_corpora([])
     with pytest.raises(UserError, match="--max-docs"):
         load_corpus(tmp_path / "c.csv", max_docs=0)
+
+
+@pytest.mark.parametrize("name", ["latin1.txt", "latin1.jsonl"])
+def test_text_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path: Path, name: str) -> None:
+    """What a trainer streams, too: `transplant train` on a Latin-1 file stopped with a traceback."""
+    path = tmp_path / name
+    line = '{"text": "Grüße"}' if name.endswith(".jsonl") else "Grüße"
+    path.write_bytes(f"fine\n\n{line}\n".replace("fine", '{"text": "fine"}' if name.endswith(".jsonl") else "fine")
+                     .encode("latin-1"))
+    with pytest.raises(UserError, match=f"{name}:3: not UTF-8"):
+        list(texts(path))

@@ -43,22 +43,32 @@ def check_corpora(paths: Sequence[Path | str]) -> list[Path]:
     return [check_corpus(p) for p in paths]
 
 
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a text file without their line ends (Windows ones too), streamed; the
+    first line that is not UTF-8 stops the reading in one line naming the file and line."""
+    with Path(path).open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{number}: not UTF-8 text (convert it, e.g. with iconv)") from None
+
+
 def read_documents(path: Path) -> Iterator[Document]:
-    """Documents of one file, streamed (Windows line ends read as plain ones)."""
+    """Documents of one file, streamed."""
     path = check_corpus(path)
-    with path.open(encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    yield _json_document(path, line_no, line)
-            return
-        paragraph: list[str] = []
-        for line in itertools.chain(f, [""]):
+    if path.suffix == ".jsonl":
+        for line_no, line in enumerate(text_lines(path), 1):
             if line.strip():
-                paragraph.append(line.rstrip("\r\n"))
-            elif paragraph:
-                yield Document("\n".join(paragraph).strip())
-                paragraph = []
+                yield _json_document(path, line_no, line)
+        return
+    paragraph: list[str] = []
+    for line in itertools.chain(text_lines(path), [""]):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield Document("\n".join(paragraph).strip())
+            paragraph = []
 
 
 def _json_document(path: Path, line_no: int, line: str) -> Document:

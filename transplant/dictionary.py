@@ -23,6 +23,7 @@ import gzip
 import re
 from pathlib import Path
 
+from transplant.corpus import text_lines
 from transplant.errors import UserError
 
 Pair = tuple[str, str]  # (source word, target word)
@@ -41,22 +42,9 @@ def read_dictionary(path: Path | str) -> list[Pair]:
     return pairs
 
 
-def _text_lines(path: Path) -> list[str]:
-    """The file's lines, refused with the line number of the first one that is not UTF-8."""
-    with path.open("rb") as f:
-        raw = f.read().split(b"\n")
-    lines = []
-    for number, line in enumerate(raw, 1):
-        try:
-            lines.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError:
-            raise UserError(f"{path}:{number}: not UTF-8 text") from None
-    return lines
-
-
 def _read_tsv(path: Path) -> list[Pair]:
     pairs = []
-    for number, line in enumerate(_text_lines(path), 1):
+    for number, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -89,7 +77,7 @@ def _read_dictd(index: Path) -> list[Pair]:
         raise UserError(f"{data_path}: not a readable dictzip file ({e})") from None
     seen: set[int] = set()
     pairs = []
-    for number, line in enumerate(_text_lines(index), 1):
+    for number, line in enumerate(text_lines(index), 1):
         if not line:
             continue
         fields = line.split("\t")

@@ -30,7 +30,7 @@ from gensim.models.fasttext import load_facebook_vectors
 from transplant.atomic import atomic_path
 from transplant.cache import cache_dir
 from transplant.errors import UserError
-from transplant.corpus import check_corpora, texts
+from transplant.corpus import check_corpora, text_lines, texts
 
 Splitter = Callable[[list[str]], list[list[str]]]  # a batch of lines -> the words of each line
 _BATCH = 1000  # lines split per call: a tokenizer's encode_batch runs them in parallel
@@ -86,14 +86,7 @@ def check_text(corpus: Sequence[Path | str]) -> list[Path]:
     UTF-8 (naming the file and line): a streaming pass, cheap next to training."""
     paths = check_corpora(corpus)
     for path in paths:
-        has_text = False
-        with path.open("rb") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    has_text = bool(line.decode("utf-8").strip()) or has_text
-                except UnicodeDecodeError:
-                    raise UserError(f"{path}:{number}: not UTF-8 text (convert it, e.g. with iconv)") from None
-        if not has_text:
+        if not sum(bool(line.strip()) for line in text_lines(path)):  # reads every line: all are checked
             raise UserError(f"{path}: the corpus is empty")
     return paths
 
