@@ -31,18 +31,19 @@ from transformers import AutoTokenizer
 
 from hypernet.fingerprint import base_hash
 from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
+from hypernet.train import HypernetRunConfig
 from hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
 from transplant.checkpoint import read_embeddings
+from transplant.corpus import check_corpora
 from transplant.errors import UserError
 from transplant.fasttext import FastTextOptions, load_vectors, train_vectors
 from transplant.sources import resolve_model
 from transplant.surface import vocabulary
-from transplant.corpus import check_corpora
-from transplant.training import StepOutput, TrainConfig, config_dict, fit, make_accelerator
+from transplant.training import StepOutput, config_dict, fit, make_accelerator
 
 
 @dataclass
-class HyperOfaTrainConfig(TrainConfig):
+class HyperOfaTrainConfig(HypernetRunConfig):
     """Everything ``transplant hypernet train --kind hyperofa`` reads; a YAML sets any of it.
     ``batch_size`` is base tokens per step (and the InfoNCE negatives)."""
 
@@ -52,10 +53,6 @@ class HyperOfaTrainConfig(TrainConfig):
     batch_size: int = 256
     eval_every: int = 100
     save_every: int = 500
-    base: str = ""
-    out: str = ""
-    resume: bool = False
-    force: bool = False
     # the word vectors: a file, or fastText trained on corpora
     vectors: str | None = None
     train_vectors: list[str] = field(default_factory=list)
@@ -76,8 +73,6 @@ class HyperOfaTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.base or not self.out:
-            raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
         if bool(self.vectors) == bool(self.train_vectors):
             raise UserError("hyperofa needs word vectors: either --vectors FILE or --train-vectors CORPUS… (not both)")
         if self.train_vectors:
@@ -91,9 +86,6 @@ class HyperOfaTrainConfig(TrainConfig):
             raise UserError("need 0 < holdout < 1, 0 <= infonce_weight <= 1 and temperature > 0")
         if self.patience < 0:
             raise UserError(f"patience must not be negative, got {self.patience}")
-        out = Path(self.out)
-        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
-            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
 
     @property
     def fasttext(self) -> FastTextOptions:

@@ -56,14 +56,29 @@ from transplant.vocab import encode_bytes
 
 
 @dataclass
-class HypernetTrainConfig(TrainConfig):
-    """Everything ``transplant hypernet train`` reads; a recipe YAML sets any of it."""
+class HypernetRunConfig(TrainConfig):
+    """What every hypernetwork trainer needs (``--kind zett`` and ``hyperofa``): the base it
+    is for and HN_DIR, which holds an earlier run unless it is empty."""
 
     base: str = ""
-    corpus: list[str] = field(default_factory=list)
     out: str = ""
     resume: bool = False
     force: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.base or not self.out:
+            raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
+        out = Path(self.out)
+        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
+            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
+
+
+@dataclass
+class HypernetTrainConfig(HypernetRunConfig):
+    """Everything ``transplant hypernet train`` reads; a recipe YAML sets any of it."""
+
+    corpus: list[str] = field(default_factory=list)
     eval_corpus: str | None = None  # held-out .txt/.jsonl: bits/byte under a fixed sampled tokenizer
     eval_docs: int = 32  # per group of the eval corpus
     # the network (0 = derived from the base; see HypernetConfig)
@@ -86,8 +101,6 @@ class HypernetTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.base or not self.out:
-            raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
         check_corpora(self.corpus)
         if self.eval_corpus is not None:
             check_corpora([self.eval_corpus])
@@ -95,9 +108,6 @@ class HypernetTrainConfig(TrainConfig):
             raise UserError(f"need 0 < min_vocab <= max_vocab, got {self.min_vocab} and {self.max_vocab}")
         if self.max_pieces < 1 or self.negatives < 0 or self.lexical_weight < 0 or self.noise_std < 0:
             raise UserError("max_pieces must be at least 1; negatives, lexical_weight and noise_std not negative")
-        out = Path(self.out)
-        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
-            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
 
     @property
     def sampler(self) -> SamplerConfig:

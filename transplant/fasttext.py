@@ -29,8 +29,8 @@ from gensim.models.fasttext import load_facebook_vectors
 
 from transplant.atomic import atomic_path
 from transplant.cache import cache_dir
-from transplant.errors import UserError
 from transplant.corpus import check_corpora, text_lines, texts
+from transplant.errors import UserError
 
 Splitter = Callable[[list[str]], list[list[str]]]  # a batch of lines -> the words of each line
 _BATCH = 1000  # lines split per call: a tokenizer's encode_batch runs them in parallel
