@@ -21,24 +21,22 @@ fingerprint of its base (:mod:`hypernet.fingerprint`): it is refused for any oth
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from hypernet.fingerprint import check_base
+from hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
 from hypernet.wordsets import WordSets, build_word_sets
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import subword_rows
 from transplant.methods.registry import register
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 WORDS_FILE = "words.json"
 FORMAT = "transplant-hyperofa-1"
 
@@ -146,22 +144,13 @@ def predict(model: HyperOfaNetwork, sets: torch.Tensor, which: Which, batch_size
 
 def save_hyperofa(model: HyperOfaNetwork, words: Sequence[str], out: Path, extra: dict | None = None) -> None:
     """Write ``out/config.json``, ``out/model.safetensors`` (network + vectors), ``out/words.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
+    save_directory(model, model.config, FORMAT, out, extra)
     (out / WORDS_FILE).write_text(json.dumps(list(words), ensure_ascii=False))
-    record = {"format": FORMAT, "config": asdict(model.config), **(extra or {})}
-    (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_config(directory: Path) -> HyperOfaConfig:
     """The config of a HyperOFA directory, refused with one line if it is not one."""
-    try:
-        record = json.loads((Path(directory) / CONFIG_FILE).read_text())
-        if record.get("format") != FORMAT:
-            raise ValueError(record.get("format"))
-        return HyperOfaConfig(**record["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{directory} is not a hyperofa hypernetwork directory ({type(e).__name__}: {e})") from e
+    return read_directory_config(directory, FORMAT, HyperOfaConfig, "hyperofa")
 
 
 def load_hyperofa(directory: Path, tokens: Sequence[str | None], base_input: torch.Tensor,

@@ -17,24 +17,21 @@ vocabulary and embedding matrices, and applying it to anything else is refused.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from hypernet.fingerprint import check_base
+from hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows
 from transplant.methods.registry import register
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "transplant-zett-1"
 
 
@@ -126,22 +123,12 @@ class HyperNetwork(nn.Module):
 
 def save_hypernet(model: HyperNetwork, out: Path, extra: dict | None = None) -> None:
     """Write ``model`` as ``out/config.json`` + ``out/model.safetensors``."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
-    record = {"format": FORMAT, "config": asdict(model.config), **(extra or {})}
-    (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    save_directory(model, model.config, FORMAT, out, extra)
 
 
 def read_config(directory: Path) -> HypernetConfig:
     """The config of a hypernetwork directory, refused with one line if it is not one."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        record = json.loads(path.read_text())
-        if record.get("format") != FORMAT:
-            raise ValueError(record.get("format"))
-        return HypernetConfig(**record["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{directory} is not a zett hypernetwork directory ({type(e).__name__}: {e})") from e
+    return read_directory_config(directory, FORMAT, HypernetConfig, "zett")
 
 
 def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: torch.Tensor,
