@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from transplant.corpus import Document
-from transplant.evaluate import EvalConfig, score_documents
+from transplant.inputs.corpus import Document
+from transplant.evaluation.evaluate import EvalConfig, score_documents
 
 WORDS = ("system package file user command network kernel module option value default "
          "install configure remove update directory shell script process memory disk").split()

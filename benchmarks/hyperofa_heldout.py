@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from hypernet.hyperofa import load_hyperofa, predict
-from hypernet.wordsets import build_word_sets
-from transplant.checkpoint import read_embeddings
-from transplant.sources import resolve_model
-from transplant.surface import vocabulary
+from transplant.hypernet.hyperofa import load_hyperofa, predict
+from transplant.hypernet.wordsets import build_word_sets
+from transplant.io.checkpoint import read_embeddings
+from transplant.io.sources import resolve_model
+from transplant.vocab.surface import vocabulary
 
 
 def merge_parents(tokenizer) -> dict[int, tuple[int, int]]:

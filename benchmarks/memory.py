@@ -8,7 +8,7 @@ child process and prints peak RSS per size.
 generated one tensor at a time, so the generator stays small) and converts it to safetensors in
 a child process twice: the way before issue 9 (transformers loads the whole dequantized model,
 a fresh model takes its state dict, ``save_pretrained``) and tensor by tensor
-(:func:`transplant.gguf.gguf_to_hf`). The old way needs ~10 GB of RAM.
+(:func:`transplant.io.gguf.gguf_to_hf`). The old way needs ~10 GB of RAM.
 
 Run: ``python benchmarks/memory.py [transplant|gguf]`` (both by default).
 """
@@ -87,7 +87,7 @@ tokenizer.save_pretrained(out)
 TENSOR_BY_TENSOR = f"""
 import sys; sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from transplant.gguf import gguf_to_hf
+from transplant.io.gguf import gguf_to_hf
 gguf_to_hf(Path(sys.argv[1]), Path(sys.argv[2]))
 """
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transplant.neighbors import Index
+from transplant.maths.neighbors import Index
 
 
 def timed(fn):

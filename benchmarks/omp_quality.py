@@ -19,10 +19,10 @@ import time
 import torch
 from transformers import AutoTokenizer
 
-from transplant.checkpoint import read_embeddings
-from transplant.omp import batch_omp
-from transplant.sources import resolve_model
-from transplant.vocab import match_vocabularies
+from transplant.io.checkpoint import read_embeddings
+from transplant.maths.omp import batch_omp
+from transplant.io.sources import resolve_model
+from transplant.vocab.matching import match_vocabularies
 
 
 def anchor_rows(base: str, donor: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,9 +107,9 @@ def math(args: argparse.Namespace) -> None:
     from mergekit.tokensurgeon.omp import batch_omp as mergekit_omp
     from transformers import AutoTokenizer
 
-    from transplant.checkpoint import read_embeddings
-    from transplant.omp import batch_omp
-    from transplant.vocab import match_vocabularies
+    from transplant.io.checkpoint import read_embeddings
+    from transplant.maths.omp import batch_omp
+    from transplant.vocab.matching import match_vocabularies
 
     match = match_vocabularies(AutoTokenizer.from_pretrained(args.base), AutoTokenizer.from_pretrained(args.donor))
     donor = read_embeddings(Path(args.donor)).input.float()
@@ -160,7 +160,7 @@ def why_mergekit_misses(surface: bytes, special: bool) -> str:
 
 def corpus_token_counts(tokenizer: PreTrainedTokenizerBase, corpus: str, rows: int) -> dict[str, torch.Tensor]:
     """Per corpus group and overall: how often each new id occurs in the corpus."""
-    from transplant.corpus import load_corpus
+    from transplant.inputs.corpus import load_corpus
 
     counts: dict[str, torch.Tensor] = {}
     for doc in load_corpus(Path(corpus)):
@@ -191,8 +191,8 @@ def row_categories(match, base: PreTrainedTokenizerBase, new: PreTrainedTokenize
 def rows(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from transplant.checkpoint import read_embeddings
-    from transplant.vocab import match_vocabularies
+    from transplant.io.checkpoint import read_embeddings
+    from transplant.vocab.matching import match_vocabularies
 
     base, new = AutoTokenizer.from_pretrained(args.base), AutoTokenizer.from_pretrained(args.donor)
     theirs = read_embeddings(Path(args.theirs)).input.float()
@@ -231,7 +231,7 @@ def mergekit_omp_with_our_anchors(args: argparse.Namespace, match, new_ids: torc
     """Base rows for ``new_ids`` from mergekit's own ``batch_omp``, given our anchor set."""
     from mergekit.tokensurgeon.omp import batch_omp as mergekit_omp
 
-    from transplant.checkpoint import read_embeddings
+    from transplant.io.checkpoint import read_embeddings
 
     donor, base = read_embeddings(Path(args.donor)).input.float(), read_embeddings(Path(args.base)).input.float()
     new_anchor_ids, base_anchor_ids = match.anchors

@@ -18,13 +18,13 @@ from typing import Iterator
 
 import torch
 
-from transplant.checkpoint import read_embeddings
+from transplant.io.checkpoint import read_embeddings
 from transplant.methods.base import Context
 from transplant.methods.tokenadapt import TokenAdaptOptions, apply_plan, build_plan
-from transplant.sources import resolve_model
-from transplant.tokenizer import load_tokenizer
-from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
-from transplant.vocab import match_vocabularies
+from transplant.io.sources import resolve_model
+from transplant.io.tokenizer import load_tokenizer
+from transplant.inputs.textembed import TextEncoder, embed_cached, resolve_text_model
+from transplant.vocab.matching import match_vocabularies
 
 rows: list[tuple[str, float]] = []
 

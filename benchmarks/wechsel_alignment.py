@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transplant.fasttext import train_vectors
+from transplant.inputs.fasttext import train_vectors
 from transplant.methods.wechsel import WORD_SPLIT_KEY, WechselOptions, _variants, dictionary_pairs, split_words
-from transplant.procrustes import procrustes
+from transplant.maths.procrustes import procrustes
 
 
 def main() -> None:

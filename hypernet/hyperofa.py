@@ -3,7 +3,7 @@
 After OFA (Liu et al., NAACL 2024) and HyperOFA (Özeren, Liu & Schütze, 2025), for a
 causal LM. A token is described by external word vectors (fastText, word2vec): those of the
 words whose tokenization contains it and of its own surface when that is a word
-(:mod:`hypernet.wordsets`). A small set encoder reads that set — each vector projected to
+(:mod:`transplant.hypernet.wordsets`). A small set encoder reads that set — each vector projected to
 the network's width, tagged as "own surface" or "a word containing it" and transformed on
 its own, then learned queries attending over the set (attention pooling) — and one head
 per matrix writes the token's base row (input, and output when untied).
@@ -15,7 +15,7 @@ language. Tokens without any vector (bytes, pieces no vocabulary word contains) 
 to ``subword``.
 
 A trained directory holds the network, the word vectors and their words, and the
-fingerprint of its base (:mod:`hypernet.fingerprint`): it is refused for any other base.
+fingerprint of its base (:mod:`transplant.hypernet.fingerprint`): it is refused for any other base.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
-from hypernet.wordsets import WordSets, build_word_sets
+from transplant.hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
+from transplant.hypernet.wordsets import WordSets, build_word_sets
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import subword_rows

@@ -1,15 +1,15 @@
 """Train a HyperOFA hypernetwork for one base model (``transplant hypernet train --kind hyperofa``).
 
 1. Word vectors: a file gensim reads (``--vectors``) or fastText trained on a corpus
-   (``--train-vectors``, cached by :mod:`transplant.fasttext`).
-2. Word sets of the *base* tokenizer's tokens (:mod:`hypernet.wordsets`).
+   (``--train-vectors``, cached by :mod:`transplant.inputs.fasttext`).
+2. Word sets of the *base* tokenizer's tokens (:mod:`transplant.hypernet.wordsets`).
 3. Regression on the base vocabulary: every ordinary base token with at least one vector is
    an example whose answer is its own base row(s). 3% are held out; the loss per matrix is
 
        λ · InfoNCE(cosine / T, in-batch negatives) + (1 − λ) · L1 / mean|target|,   λ = 0.1, T = 0.25
 
    (InfoNCE puts each prediction nearer its own row than the batch's others; the scaled L1
-   fixes the magnitude). Training runs on :func:`transplant.training.fit`; every
+   fixes the magnitude). Training runs on :func:`transplant.training.loop.fit`; every
    ``eval_every`` steps the held-out loss is measured and the best weights so far are kept,
    and those are what the directory holds at the end. Early stopping: after ``patience``
    evaluations without a better held-out loss the run ends there (0 = run every step).
@@ -29,17 +29,17 @@ import torch.nn.functional as F
 from gensim.models import KeyedVectors
 from transformers import AutoTokenizer
 
-from hypernet.fingerprint import base_hash
-from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
-from hypernet.train import HypernetRunConfig
-from hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
-from transplant.checkpoint import read_embeddings
-from transplant.corpus import check_corpora
+from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
+from transplant.hypernet.train import HypernetRunConfig
+from transplant.hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
+from transplant.io.checkpoint import read_embeddings
+from transplant.inputs.corpus import check_corpora
 from transplant.errors import UserError
-from transplant.fasttext import FastTextOptions, load_vectors, train_vectors
-from transplant.sources import resolve_model
-from transplant.surface import vocabulary
-from transplant.training import StepOutput, config_dict, fit, make_accelerator
+from transplant.inputs.fasttext import FastTextOptions, load_vectors, train_vectors
+from transplant.io.sources import resolve_model
+from transplant.vocab.surface import vocabulary
+from transplant.training.loop import StepOutput, config_dict, fit, make_accelerator
 
 
 @dataclass
@@ -123,7 +123,7 @@ class Best:
 
 
 class HyperOfaTask:
-    """The HyperOFA trainer's side of :func:`transplant.training.fit`: examples are base token ids."""
+    """The HyperOFA trainer's side of :func:`transplant.training.loop.fit`: examples are base token ids."""
 
     def __init__(self, cfg: HyperOfaTrainConfig, model: HyperOfaNetwork, sets: WordSets, words: list[str],
                  targets: dict[str, torch.Tensor], examples: torch.Tensor, device: torch.device, extra: dict):

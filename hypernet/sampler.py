@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from transplant.surface import byte_decoder, byte_encoder
+from transplant.vocab.surface import byte_decoder, byte_encoder
 
 MAX_PIECE_CHARS = 15
 

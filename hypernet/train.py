@@ -1,6 +1,6 @@
 """Train a ZeTT hypernetwork for one base model (``transplant hypernet train``).
 
-Every step: draw a tokenizer (:mod:`hypernet.sampler`), tokenize the step's texts with it,
+Every step: draw a tokenizer (:mod:`transplant.hypernet.sampler`), tokenize the step's texts with it,
 predict embedding rows for its tokens with the hypernetwork, and run the *frozen* base LM
 on them — predicted input rows replace the embedding lookup, logits come from the
 predicted output rows. Only the hypernetwork learns. Loss = causal-LM cross-entropy +
@@ -40,19 +40,19 @@ from accelerate import Accelerator
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
-from hypernet.fingerprint import base_hash
-from hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
-from transplant.checkpoint import read_embeddings
+from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
+from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
+from transplant.io.checkpoint import read_embeddings
 from transplant.errors import UserError
-from transplant.corpus import check_corpora, load_corpus
-from transplant.evaluate import EvalConfig, evaluate_model, prefix_token_id
-from transplant.sources import resolve_model
-from transplant.surface import vocabulary
-from transplant.training import (
+from transplant.inputs.corpus import check_corpora, load_corpus
+from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
+from transplant.io.sources import resolve_model
+from transplant.vocab.surface import vocabulary
+from transplant.training.loop import (
     StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
 )
-from transplant.vocab import encode_bytes
+from transplant.vocab.matching import encode_bytes
 
 
 @dataclass
@@ -125,7 +125,7 @@ class StepVocab:
 
 
 class HypernetTask:
-    """The hypernetwork trainer's side of :func:`transplant.training.fit`."""
+    """The hypernetwork trainer's side of :func:`transplant.training.loop.fit`."""
 
     def __init__(self, cfg: HypernetTrainConfig, accelerator: Accelerator):
         self.cfg, self.accelerator = cfg, accelerator

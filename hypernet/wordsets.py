@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from transplant.surface import Vocabulary
+from transplant.vocab.surface import Vocabulary
 
 WORD = re.compile(r"\w+")
 SPLIT_KEY = "hyperofa-words-1"  # names split_words in the fastText cache key; bump when it changes

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
+from transplant.hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows

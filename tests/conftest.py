@@ -163,8 +163,8 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
     """A zett hypernetwork directory for the base in ``ctx`` with random (non-zero) heads, so
     its rows differ from the ``subword`` rows a freshly initialized one gives."""
-    from hypernet.fingerprint import base_hash
-    from hypernet.zett import HypernetConfig, HyperNetwork, save_hypernet
+    from transplant.hypernet.fingerprint import base_hash
+    from transplant.hypernet.zett import HypernetConfig, HyperNetwork, save_hypernet
 
     config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
                             base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output), width=32)
@@ -181,8 +181,8 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
     """A hyperofa hypernetwork directory for the base in ``ctx``: random 8-d vectors for the
     words of :func:`make_text` (the text the test tokenizers are trained on) and a network with
     random (non-zero) heads."""
-    from hypernet.fingerprint import base_hash
-    from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa
+    from transplant.hypernet.fingerprint import base_hash
+    from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa
 
     words = sorted(set(WORDS))
     config = HyperOfaConfig(ctx.base_input.shape[1], ctx.base_output is None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from transplant.atomic import atomic_path
+from transplant.io.atomic import atomic_path
 from transplant.errors import UserError
 
 

@@ -10,10 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.corpus import load_corpus
-from transplant.evaluate import evaluate_model, load_model
+from transplant.inputs.corpus import load_corpus
+from transplant.evaluation.evaluate import evaluate_model, load_model
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.tokenizer import load_tokenizer
+from transplant.io.tokenizer import load_tokenizer
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.checkpoint import export, read_embeddings, weight_files
+from transplant.io.checkpoint import export, read_embeddings, weight_files
 from transplant.errors import UserError
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.shards import read_header
+from transplant.io.shards import read_header
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from transplant.cli import app
 from conftest import bpe_tokenizer, tiny_llama
 
 runner = CliRunner()

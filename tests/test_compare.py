@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.compare import CompareConfig, compare
-from transplant.evaluate import EvalConfig
+from transplant.evaluation.compare import CompareConfig, compare
+from transplant.evaluation.evaluate import EvalConfig
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli import app
+from transplant.cli import app
 from conftest import bpe_tokenizer, make_text, tiny_llama
-from transplant.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
+from transplant.training.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
 from transplant.errors import UserError
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.recipe import load_recipe
-from transplant.training import make_accelerator, make_optimizer
+from transplant.training.loop import make_accelerator, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -189,7 +189,7 @@ def test_two_process_accelerate_launch_agrees(untied: Path, texts: Path, tmp_pat
         "from pathlib import Path\n"
         "from accelerate import PartialState\n"
         "from safetensors.torch import save_file\n"
-        "from transplant.continued import load_train_config, train\n"
+        "from transplant.training.continued import load_train_config, train\n"
         f"model = train(load_train_config(None, None, **{vars(cfg)!r}))\n"
         "state = {k: v.contiguous() for k, v in model.state_dict().items() if k != 'lm_head.weight' or "
         "not model.config.tie_word_embeddings}\n"
@@ -222,7 +222,7 @@ def test_bad_settings_fail_in_one_line_before_any_model_loads(transplanted: Path
     def no_loading(*args, **kwargs) -> Transplanted:
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("transplant.continued.load_transplanted", no_loading)
+    monkeypatch.setattr("transplant.training.continued.load_transplanted", no_loading)
     runner = CliRunner()
     good = ["--corpus", str(texts / "train.txt"), "-o", str(tmp_path / "trained")]
     bad_config = tmp_path / "bad.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from transplant.corpus import Document, check_corpora, load_corpus, read_documents, texts
+from transplant.inputs.corpus import Document, check_corpora, load_corpus, read_documents, texts
 from transplant.errors import UserError
 
 

@@ -14,8 +14,8 @@ from conftest import bpe_tokenizer, tiny_llama
 from test_methods import make_context, with_options
 from transplant.methods import registry
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -57,8 +57,8 @@ def test_transplant_on_cuda(corpus_file: Path, tmp_path: Path, method: str) -> N
 
 @needs_cuda
 def test_compare_on_cuda_scores_like_cpu(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
-    from transplant.compare import CompareConfig, compare
-    from transplant.evaluate import EvalConfig
+    from transplant.evaluation.compare import CompareConfig, compare
+    from transplant.evaluation.evaluate import EvalConfig
 
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False)
     corpus = tmp_path / "docs.txt"

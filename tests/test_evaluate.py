@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from cli import app
+from transplant.cli import app
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.compare import CompareConfig, compare
+from transplant.evaluation.compare import CompareConfig, compare
 from transplant.errors import UserError
-from transplant.corpus import Document
-from transplant.evaluate import (
+from transplant.inputs.corpus import Document
+from transplant.evaluation.evaluate import (
     EvalConfig,
     evaluate_model,
     make_windows,
@@ -212,7 +212,7 @@ REAL_TEXT = [
 def test_real_models_bits_per_byte():
     """Both packaged models land near published figures (≈1.2-1.5 bpb on English prose), and
     Gemma-3's large multilingual vocabulary packs more German bytes into a token than SmolLM2's."""
-    from transplant.evaluate import load_model
+    from transplant.evaluation.evaluate import load_model
 
     results = {}
     for name in ("smollm2-135m", "gemma3-270m"):

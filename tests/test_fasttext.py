@@ -11,9 +11,9 @@ from gensim.models import FastText
 from gensim.models.fasttext import save_facebook_model
 
 from conftest import make_text
-from transplant.cache import cache_dir
+from transplant.io.cache import cache_dir
 from transplant.errors import UserError
-from transplant.fasttext import FastTextOptions, escape, load_vectors, train_vectors, unescape
+from transplant.inputs.fasttext import FastTextOptions, escape, load_vectors, train_vectors, unescape
 
 SMALL = FastTextOptions(dim=16, epochs=2, min_count=3)
 

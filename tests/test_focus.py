@@ -15,12 +15,12 @@ from conftest import bpe_tokenizer, make_text, sentencepiece_model, tiny_llama
 from test_cli import assert_user_error, run
 from test_methods import make_context, spelled_out
 from transplant.errors import UserError
-from transplant.fasttext import train_vectors
+from transplant.inputs.fasttext import train_vectors
 from transplant.methods import registry
 from transplant.methods.focus import FocusOptions, token_splitter
-from transplant.sparsemax import sparsemax_topm, threshold
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.maths.sparsemax import sparsemax_topm, threshold
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 
 def dense(result, columns: int) -> torch.Tensor:

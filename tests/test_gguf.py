@@ -12,12 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.checkpoint import weight_files
-from transplant.gguf import gguf_to_hf
-from transplant.packaged import pull_gguf
-from transplant.shards import read_header
-from transplant.sources import resolve_model
-from transplant.tokenizer import load_tokenizer
+from transplant.io.checkpoint import weight_files
+from transplant.io.gguf import gguf_to_hf
+from transplant.io.packaged import pull_gguf
+from transplant.io.shards import read_header
+from transplant.io.sources import resolve_model
+from transplant.io.tokenizer import load_tokenizer
 
 
 def write_llama_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path, q8: bool) -> None:

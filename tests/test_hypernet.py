@@ -16,18 +16,18 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import bpe_tokenizer, tiny_llama
-from hypernet.sampler import SamplerConfig, TokenizerSampler
-from hypernet.train import HypernetTask, HypernetTrainConfig
-from hypernet.fingerprint import base_hash
-from hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, save_hypernet
+from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler
+from transplant.hypernet.train import HypernetTask, HypernetTrainConfig
+from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, save_hypernet
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context
 from transplant.methods.baselines import subword_rows
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.tokenizer import load_tokenizer
-from transplant.training import fit, load_config, make_accelerator
-from transplant.vocab import match_vocabularies
+from transplant.io.tokenizer import load_tokenizer
+from transplant.training.loop import fit, load_config, make_accelerator
+from transplant.vocab.matching import match_vocabularies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,8 +233,8 @@ def test_two_process_accelerate_launch_agrees(tiny: dict[str, Path], tmp_path: P
     script.write_text(
         "import sys\nfrom pathlib import Path\n"
         "from safetensors.torch import save_file\n"
-        "from hypernet.train import HypernetTask, HypernetTrainConfig\n"
-        "from transplant.training import fit, load_config, make_accelerator\n"
+        "from transplant.hypernet.train import HypernetTask, HypernetTrainConfig\n"
+        "from transplant.training.loop import fit, load_config, make_accelerator\n"
         f"cfg = load_config(HypernetTrainConfig, None, **{vars(tiny_config(tiny, tmp_path / 'hn', steps=3))!r})\n"
         "accelerator = make_accelerator(cfg)\n"
         "task = HypernetTask(cfg, accelerator)\n"

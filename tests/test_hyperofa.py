@@ -16,16 +16,16 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
-from cli import app
+from transplant.cli import app
 from conftest import WORDS, bpe_tokenizer, tiny_llama
-from hypernet.fingerprint import base_hash
-from hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, HyperOfaOptions, load_hyperofa, predict
-from hypernet.hyperofa_train import Best, HyperOfaTask, HyperOfaTrainConfig
-from hypernet.wordsets import WordSets, build_word_sets, split_words, token_word_pairs
+from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, HyperOfaOptions, load_hyperofa, predict
+from transplant.hypernet.hyperofa_train import Best, HyperOfaTask, HyperOfaTrainConfig
+from transplant.hypernet.wordsets import WordSets, build_word_sets, split_words, token_word_pairs
 from transplant.errors import UserError
-from transplant.surface import vocabulary
-from transplant.tokenizer import load_tokenizer
-from transplant.training import fit, load_config, make_accelerator
+from transplant.vocab.surface import vocabulary
+from transplant.io.tokenizer import load_tokenizer
+from transplant.training.loop import fit, load_config, make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from conftest import make_text, tiny_llama
-from transplant.checkpoint import read_embeddings
-from transplant.compare import CompareConfig, compare
+from transplant.io.checkpoint import read_embeddings
+from transplant.evaluation.compare import CompareConfig, compare
 from transplant.errors import UserError
-from transplant.evaluate import EvalConfig, ppl_ratio
+from transplant.evaluation.evaluate import EvalConfig, ppl_ratio
 from transplant.methods import registry
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 tokensurgeon = pytest.importorskip("mergekit.scripts.tokensurgeon")
 K = 8

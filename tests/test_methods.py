@@ -12,8 +12,8 @@ import torch
 from conftest import RANDOM_HYPERNETS, WORDS, bpe_tokenizer, make_text
 from transplant.methods import registry
 from transplant.methods.base import Context
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from transplant.neighbors import Index
+from transplant.maths.neighbors import Index
 
 
 def _brute_force(vectors: torch.Tensor, queries: torch.Tensor, k: int, metric: str) -> torch.Tensor:

@@ -14,10 +14,10 @@ from conftest import bpe_tokenizer, tiny_llama
 from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.omp import Omp, OmpOptions
-from transplant.omp import batch_omp, candidate_pools
+from transplant.maths.omp import batch_omp, candidate_pools
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.progress import Stages
-from transplant.vocab import match_vocabularies
+from transplant.vocab.matching import match_vocabularies
 
 
 def reference_omp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
@@ -137,7 +137,7 @@ def test_pool_is_omp_over_each_targets_nearest_atoms() -> None:
 def test_large_problems_search_candidates_approximately_but_deterministically() -> None:
     """Above the exact-search budget candidates come from a seeded IVF index: same seed, same
     pools; and, on clustered vectors as embeddings are, mostly the exact nearest ones."""
-    import transplant.omp as omp
+    import transplant.maths.omp as omp
 
     g = torch.Generator().manual_seed(11)
     centers = 3 * torch.randn(40, 24, generator=g)

@@ -68,7 +68,7 @@ def test_command_flags_are_the_model_command_flags() -> None:
     """The library's list is the `transplant model` command's long flags, nothing missing or extra."""
     import typer.main
 
-    from cli import app
+    from transplant.cli import app
 
     command = typer.main.get_command(app).commands["model"]
     flags = {opt[2:].replace("-", "_") for param in command.params for opt in param.opts if opt.startswith("--")}

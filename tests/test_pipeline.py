@@ -11,10 +11,10 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.checkpoint import weight_files
+from transplant.io.checkpoint import weight_files
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 
 def logits(model_dir: Path, text: str) -> torch.Tensor:

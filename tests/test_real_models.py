@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.sources import resolve_model
+from transplant.io.sources import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,8 @@ def test_smollm2_onto_gemma3_tokenizer_with_omp(tmp_path: Path) -> None:
     New rows must look like embedding rows: a pooled fit without the ridge once gave rows 20x
     longer than any base row, which wrecked perplexity through the tied output layer and
     failed nothing else."""
-    from transplant.checkpoint import read_embeddings
-    from transplant.sources import resolve_model
+    from transplant.io.checkpoint import read_embeddings
+    from transplant.io.sources import resolve_model
 
     out = tmp_path / "smollm2-gemma3-omp"
     result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out, method="omp"))

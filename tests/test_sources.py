@@ -8,8 +8,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from transplant.errors import UserError
-from transplant.sources import resolve_model
-from transplant.tokenizer import load_tokenizer
+from transplant.io.sources import resolve_model
+from transplant.io.tokenizer import load_tokenizer
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

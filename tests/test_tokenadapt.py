@@ -19,9 +19,9 @@ from transplant.errors import UserError
 from transplant.methods.base import Context
 from transplant.methods.registry import get
 from transplant.methods.tokenadapt import TokenAdaptOptions, build_plan, global_weights, hybrid, local_weights
-from transplant.cache import cache_dir
-from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
-from transplant.vocab import match_vocabularies
+from transplant.io.cache import cache_dir
+from transplant.inputs.textembed import TextEncoder, embed_cached, resolve_text_model
+from transplant.vocab.matching import match_vocabularies
 
 WORDS = "the house garden child tree water light playing played player reading small happy dog haus garten kind baum".split()
 

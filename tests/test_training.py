@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from transplant.errors import UserError
-from transplant.training import (
+from transplant.training.loop import (
     StepOutput, Stream, TrainConfig, documents, fit, load_config, lr_factor, make_accelerator, pack, shuffled,
     text_chunks,
 )

@@ -18,13 +18,13 @@ from transformers import AutoModelForCausalLM
 from conftest import WORDS, bpe_tokenizer
 from test_cli import assert_user_error, run
 from test_methods import identity_parallel, make_context
-from transplant.alignment import Links, grow_diag_final, intersect, symmetrize
+from transplant.maths.alignment import Links, grow_diag_final, intersect, symmetrize
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.transtok import TransTokOptions, build_plan, donors
-from transplant.parallel import read_parallel
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.inputs.parallel import read_parallel
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from conftest import make_text
-from transplant.surface import byte_encoder, vocabulary
-from transplant.vocab import match_vocabularies
+from transplant.vocab.surface import byte_encoder, vocabulary
+from transplant.vocab.matching import match_vocabularies
 
 
 def byte_level(tokens: list[str], merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:

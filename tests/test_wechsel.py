@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from conftest import WORDS, bpe_tokenizer, make_text, tiny_llama
 from test_cli import assert_user_error, run
 from test_methods import make_context
-from transplant.dictionary import _number, read_dictionary
+from transplant.inputs.dictionary import _number, read_dictionary
 from transplant.errors import UserError
-from transplant.fasttext import train_vectors
+from transplant.inputs.fasttext import train_vectors
 from transplant.methods import registry
 from transplant.methods.wechsel import WORD_SPLIT_KEY, WechselOptions, alignment, dictionary_pairs, nearest, \
     split_words, surface_vectors
-from transplant.procrustes import procrustes
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import match_vocabularies
+from transplant.maths.procrustes import procrustes
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import match_vocabularies
 
 DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 FREEDICT = Path("/usr/share/dictd/freedict-deu-eng.index")

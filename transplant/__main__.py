@@ -1,6 +1,6 @@
 """``python -m transplant …`` runs the command line; ``accelerate launch -m transplant train …``
 is how several processes run ``transplant train``."""
 
-from cli import app
+from transplant.cli import app
 
 app()

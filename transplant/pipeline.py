@@ -12,16 +12,16 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from transplant import __version__
-from transplant.chat import ChatMode, adopt_chat_template
-from transplant.checkpoint import INITIALIZED_FILE, Embeddings, export, read_embeddings
+from transplant.vocab.chat import ChatMode, adopt_chat_template
+from transplant.io.checkpoint import INITIALIZED_FILE, Embeddings, export, read_embeddings
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
 from transplant.options import build_options
 from transplant.progress import Stages
-from transplant.sources import resolve_model
-from transplant.tokenizer import load_tokenizer
-from transplant.vocab import VocabMatch, match_vocabularies
+from transplant.io.sources import resolve_model
+from transplant.io.tokenizer import load_tokenizer
+from transplant.vocab.matching import VocabMatch, match_vocabularies
 
 
 @dataclass

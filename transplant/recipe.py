@@ -31,7 +31,7 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     seed: Optional[int] = None
     out: Optional[str] = None
-    train: dict[str, Any] = field(default_factory=dict)  # `transplant train` settings (transplant.continued)
+    train: dict[str, Any] = field(default_factory=dict)  # `transplant train` settings (transplant.training.continued)
 
 
 def _kind(annotation: Any) -> type:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import torch
 
 from transplant.progress import ProgressFactory, no_progress
-from transplant.vocab import VocabMatch
+from transplant.vocab.matching import VocabMatch
 
 Which = Literal["input", "output"]
 T = TypeVar("T")

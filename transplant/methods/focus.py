@@ -5,7 +5,7 @@ fastText is trained on target-language text tokenized by the NEW tokenizer, each
 space. Tokens shared with the base vocabulary (the overlap, copied rows) anchor that space
 to the base model: a missing token's row is a mix of overlap rows, weighted by sparsemax of
 its cosine similarity to each overlap token. Sparsemax gives a few overlap tokens all the
-weight instead of smearing it over thousands; :mod:`transplant.sparsemax` computes it
+weight instead of smearing it over thousands; :mod:`transplant.maths.sparsemax` computes it
 exactly on a FAISS preselection.
 
 Character n-grams are OFF by default, unlike the reference (``deepfocus`` trains with the
@@ -37,11 +37,11 @@ from gensim.models import KeyedVectors
 from transformers import PreTrainedTokenizerBase
 
 from transplant.errors import UserError
-from transplant.fasttext import CorpusVectorOptions, Splitter, load_vectors, train_vectors
+from transplant.inputs.fasttext import CorpusVectorOptions, Splitter, load_vectors, train_vectors
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import Random, mix_rows, subword_rows
 from transplant.methods.registry import register
-from transplant.sparsemax import sparsemax_topm
+from transplant.maths.sparsemax import sparsemax_topm
 
 NoVector = Literal["random", "subword"]  # rows for tokens that have no vector
 

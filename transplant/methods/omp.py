@@ -2,7 +2,7 @@
 
 Anchors are tokens both vocabularies share exactly; they exist in the donor (by new id) and
 in the base (by base id). A donor row x_t is approximated by k anchors via orthogonal
-matching pursuit (:mod:`transplant.omp`); the same coefficients applied to those anchors'
+matching pursuit (:mod:`transplant.maths.omp`); the same coefficients applied to those anchors'
 *base* rows give the new base row. Only coefficients cross between the spaces, so the hidden
 sizes of donor and base may differ. By default each token picks among its ``--pool`` (64)
 nearest anchors with a ridge refit (``--ridge``, 0.03): ~50x faster than exact OMP and
@@ -31,7 +31,7 @@ from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows, subword_rows
 from transplant.methods.registry import register
-from transplant.omp import OmpResult, batch_omp
+from transplant.maths.omp import OmpResult, batch_omp
 
 
 # Defaults of the options left at None, by mode (exact = --pool 0). Ridge: best of 0-0.1 on

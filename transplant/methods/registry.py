@@ -1,8 +1,8 @@
 """Name -> method registry.
 
 Methods register themselves with ``@register``; :func:`load_all` imports every module of
-``transplant.methods`` and ``hypernet`` so that adding a method is adding one file, never
-editing a dispatch table.
+the packages :mod:`transplant.methods` and :mod:`transplant.hypernet` so that adding a
+method is adding one file, never editing a dispatch table.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from transplant.errors import UserError
 from transplant.methods.base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
-_PLUGIN_PACKAGES = ("transplant.methods", "hypernet")
 
 # The long flags of `transplant model` (as option names). Method options are flags of the same
 # command, so an option named like one of these would be taken by the command and never reach
@@ -41,11 +40,15 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def load_all() -> None:
-    """Import every module of the plugin packages (idempotent)."""
-    for package_name in _PLUGIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package_name}.{info.name}")
+    """Import every module of the packages that hold methods (idempotent).
+
+    The packages are imported here, not at the top: their modules import this one to
+    register, so the registry must exist before they load."""
+    from transplant import hypernet, methods
+
+    for package in (methods, hypernet):
+        for info in pkgutil.iter_modules(package.__path__, prefix=package.__name__ + "."):
+            importlib.import_module(info.name)
 
 
 def available() -> dict[str, type[Method]]:

@@ -1,6 +1,6 @@
 """TokenAdapt: a hybrid of a local (decomposition) and a global (neighbour) estimate.
 
-An auxiliary text encoder φ (see :mod:`transplant.textembed`) embeds the surface string of
+An auxiliary text encoder φ (see :mod:`transplant.inputs.textembed`) embeds the surface string of
 every token. For a new token with surface s:
 
 - local: s splits into base pieces s_1..s_m. Each piece is weighted by how similar its
@@ -29,8 +29,8 @@ from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mean_rows, mix_rows
 from transplant.methods.registry import register
-from transplant.neighbors import Index
-from transplant.textembed import TextEncoder, embed_cached, resolve_text_model
+from transplant.maths.neighbors import Index
+from transplant.inputs.textembed import TextEncoder, embed_cached, resolve_text_model
 
 
 @dataclass(frozen=True)

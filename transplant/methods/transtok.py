@@ -3,7 +3,7 @@
 The source side of the corpus is in a language the base model knows, the target side in the
 language the new tokenizer is for. Both sides are tokenized (base tokenizer on the source,
 new tokenizer on the target), the token sequences aligned with eflomal in both directions and
-symmetrized (:mod:`transplant.alignment`). Counting the aligned pairs gives a translation
+symmetrized (:mod:`transplant.maths.alignment`). Counting the aligned pairs gives a translation
 table: p(b|t) = count(t, b) / Σ_b' count(t, b'), pairs seen fewer than ``min_count`` times
 dropped as noise, and one extra count for a base token of the same text (word start aside),
 which aligners miss for names and loanwords that need no translation. A new token's row is
@@ -31,16 +31,16 @@ import scipy.sparse as sp
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from transplant.alignment import MAX_LENGTH, Links, Symmetrization, eflomal_links, symmetrize
-from transplant.atomic import atomic_path
-from transplant.cache import cache_dir
+from transplant.maths.alignment import MAX_LENGTH, Links, Symmetrization, eflomal_links, symmetrize
+from transplant.io.atomic import atomic_path
+from transplant.io.cache import cache_dir
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import subword_rows
 from transplant.methods.registry import register
-from transplant.parallel import ParallelCorpus, check_parallel, read_parallel
+from transplant.inputs.parallel import ParallelCorpus, check_parallel, read_parallel
 from transplant.progress import Advance
-from transplant.vocab import VocabMatch
+from transplant.vocab.matching import VocabMatch
 
 MIN_SHARED = 3  # characters a smoothing donor must share with the token (shorter says nothing)
 _BATCH = 10_000  # sentences per encode_batch call (each call runs on all cores)

@@ -18,7 +18,7 @@ there. So with ``--same-kind`` (the default) a word-start token looks for neighb
 among word-start base tokens and a continuation piece only among continuation pieces;
 ``--no-same-kind`` searches all, as the reference does.
 
-Dictionary formats: see :mod:`transplant.dictionary` (dictd headwords are the target
+Dictionary formats: see :mod:`transplant.inputs.dictionary` (dictd headwords are the target
 language; ``--reverse-dictionary`` flips a dictionary written the other way round).
 """
 
@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from gensim.models import KeyedVectors
 
-from transplant.dictionary import Pair, read_dictionary
+from transplant.inputs.dictionary import Pair, read_dictionary
 from transplant.errors import UserError
-from transplant.fasttext import CorpusVectorOptions, check_text, train_vectors
+from transplant.inputs.fasttext import CorpusVectorOptions, check_text, train_vectors
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows
 from transplant.methods.focus import NoVector, check_no_vector, fallback_rows
 from transplant.methods.registry import register
-from transplant.neighbors import Index
-from transplant.procrustes import procrustes
+from transplant.maths.neighbors import Index
+from transplant.maths.procrustes import procrustes
 
 _WORD = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks
 WORD_SPLIT_KEY = "regex-words-v1"  # names _WORD in the fastText cache key: change both together

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from transplant.neighbors import Index
+from transplant.maths.neighbors import Index
 
 
 @dataclass

@@ -24,12 +24,12 @@ from typing import Any
 
 from transplant import __version__
 from transplant.errors import UserError
-from transplant.corpus import Document, load_corpus
-from transplant.evaluate import EvalConfig, Evaluation, Progress, evaluate_model, load_model
+from transplant.inputs.corpus import Document, load_corpus
+from transplant.evaluation.evaluate import EvalConfig, Evaluation, Progress, evaluate_model, load_model
 from transplant.methods import registry
 from transplant.options import build_options
 from transplant.pipeline import TransplantConfig, transplant
-from transplant.report import write_report
+from transplant.evaluation.report import write_report
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from jinja2.exceptions import TemplateError
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerBase
 
-from transplant.surface import ROLES
+from transplant.vocab.surface import ROLES
 
 ChatMode = Literal["base", "new"]
 _PROBE = "transplant-probe"

@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from transplant.atomic import atomic_path
-from transplant.cache import cache_dir
+from transplant.io.atomic import atomic_path
+from transplant.io.cache import cache_dir
 from transplant.errors import UserError
 
 

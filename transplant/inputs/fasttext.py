@@ -27,9 +27,9 @@ from pathlib import Path
 from gensim.models import FastText, KeyedVectors
 from gensim.models.fasttext import load_facebook_vectors
 
-from transplant.atomic import atomic_path
-from transplant.cache import cache_dir
-from transplant.corpus import check_corpora, text_lines, texts
+from transplant.io.atomic import atomic_path
+from transplant.io.cache import cache_dir
+from transplant.inputs.corpus import check_corpora, text_lines, texts
 from transplant.errors import UserError
 
 Splitter = Callable[[list[str]], list[list[str]]]  # a batch of lines -> the words of each line

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from transplant.cache import cache_dir
+from transplant.io.cache import cache_dir
 from transplant.errors import UserError
-from transplant.gguf import gguf_to_hf
-from transplant.packaged import PACKAGED, pull_gguf
+from transplant.io.gguf import gguf_to_hf
+from transplant.io.packaged import PACKAGED, pull_gguf
 
 
 def _gguf_cache_key(path: Path) -> str:

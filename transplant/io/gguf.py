@@ -31,9 +31,9 @@ from transformers.modeling_gguf_pytorch_utils import (
     read_field,
 )
 
-from transplant.atomic import atomic_path
+from transplant.io.atomic import atomic_path
 from transplant.errors import UserError
-from transplant.shards import ShardTensor, write_shards
+from transplant.io.shards import ShardTensor, write_shards
 
 SHARD_BYTES = 500 * 10**6  # what transformers' max_shard_size="500MB" means
 _MERGING = ("qwen2moe", "qwen3moe", "gpt-oss", "minimax-m2")  # processors that merge several tensors into one

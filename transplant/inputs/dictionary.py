@@ -23,7 +23,7 @@ import gzip
 import re
 from pathlib import Path
 
-from transplant.corpus import text_lines
+from transplant.inputs.corpus import text_lines
 from transplant.errors import UserError
 
 Pair = tuple[str, str]  # (source word, target word)

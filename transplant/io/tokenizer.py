@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from transplant.errors import UserError
-from transplant.sources import resolve_model
+from transplant.io.sources import resolve_model
 
 
 def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from entmax import sparsemax
 
-from transplant.neighbors import Index
+from transplant.maths.neighbors import Index
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from transplant.evaluate import Evaluation, ppl_ratio
+from transplant.evaluation.evaluate import Evaluation, ppl_ratio
 
 
 TOKEN_PPL_NOTE = "* per-token PPL under the model's own tokenizer: not comparable across tokenizers"

@@ -1,6 +1,6 @@
 """Match a new vocabulary against the base one.
 
-Tokens whose surface (see :mod:`transplant.surface`) exists in the base vocabulary are
+Tokens whose surface (see :mod:`transplant.vocab.surface`) exists in the base vocabulary are
 *copied*: their rows are taken bit for bit from the base. Special tokens match by role
 (bos/eos/pad/unk) first, then by literal string. Everything else is *missing* and goes to
 an initialization method, which may ask for a token's decomposition into base tokens.
@@ -15,7 +15,7 @@ import torch
 from tokenizers import models
 from transformers import PreTrainedTokenizerBase
 
-from transplant.surface import ROLES, Vocabulary, byte_encoder, vocabulary
+from transplant.vocab.surface import ROLES, Vocabulary, byte_encoder, vocabulary
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from transplant.corpus import Document
+from transplant.inputs.corpus import Document
 from transplant.errors import UserError
 
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
@@ -243,7 +243,7 @@ def load_model(ref: str, device: str = "cpu"):
     eval mode, on ``device`` (scoring runs where the model is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     path = resolve_model(ref)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()

@@ -2,7 +2,7 @@
 
 A transplant leaves a model whose new embedding rows are educated guesses; a short run of
 causal-LM training on text in the new tokenizer closes most of the gap (ZeTT and FOCUS:
-well under a billion tokens). Two stages, each one :func:`transplant.training.fit` with its
+well under a billion tokens). Two stages, each one :func:`transplant.training.loop.fit` with its
 own warmup + cosine, checkpoints and log (``RUN/stage1``, ``RUN/stage2``):
 
 1. Only the embedding matrices learn (input, and lm_head when untied). With ``rows: new``
@@ -13,8 +13,8 @@ own warmup + cosine, checkpoints and log (``RUN/stage1``, ``RUN/stage2``):
 2. Optional (``stage2_steps``): everything learns, at the lower ``stage2_lr``.
 
 Evaluation is the byte-level perplexity ratio against the *base* model on a held-out corpus
-(:mod:`transplant.evaluate`); the base is scored once and cached in RUN. The result is an
-ordinary HF checkpoint written atomically (:mod:`transplant.atomic`) whose
+(:mod:`transplant.evaluation.evaluate`); the base is scored once and cached in RUN. The result is an
+ordinary HF checkpoint written atomically (:mod:`transplant.io.atomic`) whose
 ``transplant.json`` keeps the transplant's record and adds the training.
 """
 
@@ -33,14 +33,14 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from transplant.atomic import atomic_path
-from transplant.checkpoint import INITIALIZED_FILE
+from transplant.io.atomic import atomic_path
+from transplant.io.checkpoint import INITIALIZED_FILE
 from transplant.errors import UserError
-from transplant.corpus import Document, check_corpora, load_corpus
-from transplant.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
-from transplant.evaluate import ppl_ratio, prefix_token_id
+from transplant.inputs.corpus import Document, check_corpora, load_corpus
+from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
+from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
-from transplant.training import (
+from transplant.training.loop import (
     StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack,
 )
 
@@ -179,7 +179,7 @@ def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
 
 
 class ContinuedTask:
-    """One stage's side of :func:`transplant.training.fit`: what learns, the batches, the
+    """One stage's side of :func:`transplant.training.loop.fit`: what learns, the batches, the
     loss, the evaluation and (after the last stage) the export."""
 
     def __init__(self, cfg: ContinuedConfig, stage: int, loaded: Transplanted, docs: list[Document],

@@ -1,0 +1,2 @@
+"""Measuring a transplant: byte-level perplexity against the base (:mod:`.evaluate`), several
+methods side by side (:mod:`.compare`), and the tables and plots they write (:mod:`.report`)."""
