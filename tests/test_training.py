@@ -175,3 +175,10 @@ def test_a_task_can_stop_the_run_early_and_it_still_exports(tmp_path: Path) -> N
     assert max(r["step"] for r in log) == 6
     assert (tmp_path / "stopped" / "final.pt").is_file()
     assert [r["step"] for r in run(tmp_path / "full", cfg) if "eval" in r] == [0, 3, 6, 9, 12]
+
+
+def test_yaml_yes_no_reach_a_choice_field_as_the_words_written(tmp_path):
+    """YAML 1.1 reads an unquoted `no` as False; `mixed_precision: no` means the choice "no"."""
+    path = tmp_path / "train.yaml"
+    path.write_text("mixed_precision: no\n")
+    assert load_config(TrainConfig, path).mixed_precision == "no"

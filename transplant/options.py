@@ -15,6 +15,9 @@ from typing import Any, Literal
 from transplant.errors import UserError
 
 
+YAML_WORDS = {True: ("yes", "on", "true"), False: ("no", "off", "false")}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -32,6 +35,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         return _convert(name, args[0], value)
     if origin is Literal:
         choices = typing.get_args(kind)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted yes/no/on/off as a bool
+            value = next((c for c in choices if str(c).lower() in YAML_WORDS[value]), value)
         if value not in choices:
             raise UserError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, not {value!r}")
         return value

@@ -92,12 +92,16 @@ def ranking_grid(base: Evaluation, results: dict[str, Evaluation]) -> Grid:
     return Grid(title, headers, rows, note, labels=2)
 
 
-def plot_ratios(path: Path, base: Evaluation, results: dict[str, Evaluation]) -> Path:
-    """Grouped bar chart: one group of bars per corpus group, one bar per method (ranked)."""
+def ratio_figure(base: Evaluation, results: dict[str, Evaluation], tokenizer: str):
+    """Grouped bar chart: one group of bars per corpus group, one bar per method (ranked).
+
+    The y axis is logarithmic (a ratio of 2 is as bad as one of 0.5 is good) but labelled
+    with plain numbers: ratios are read as "1.5×", not as powers of ten."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     ranked = ranking(base, results)
     groups = [*base.groups, "overall"]
@@ -110,9 +114,20 @@ def plot_ratios(path: Path, base: Evaluation, results: dict[str, Evaluation]) ->
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("byte-level PPL ratio to base (log scale)")
     ax.set_yscale("log")
-    ax.set_title(f"Tokenizer transplant of {base.model}")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_title(f"{base.model} onto the tokenizer {tokenizer}")
     ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def plot_ratios(path: Path, base: Evaluation, results: dict[str, Evaluation], tokenizer: str) -> Path:
+    """:func:`ratio_figure` saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = ratio_figure(base, results, tokenizer)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -131,7 +146,7 @@ def write_report(out: Path, base: Evaluation, results: dict[str, Evaluation], me
     }
     json_path = out / "report.json"
     json_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    png_path = plot_ratios(out / "ratio.png", base, results)
+    png_path = plot_ratios(out / "ratio.png", base, results, str(meta.get("tokenizer", "?")))
     settings = "\n".join(f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, dict))
     sections = [
         "# Tokenizer transplant comparison",
