@@ -61,8 +61,13 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
-def test_stage_one_changes_only_the_initialized_rows(transplanted: Path, texts: Path, tmp_path: Path) -> None:
-    cfg = config(transplanted, texts, tmp_path / "trained")
+OBJECTIVES = pytest.mark.parametrize("objective", ["lm", "alm"])
+
+
+@OBJECTIVES
+def test_stage_one_changes_only_the_initialized_rows(transplanted: Path, texts: Path, tmp_path: Path,
+                                                     objective: str) -> None:
+    cfg = config(transplanted, texts, tmp_path / "trained", objective=objective)
     train(cfg)
     before, after = weights(transplanted), weights(tmp_path / "trained")
     assert before.keys() == after.keys()
@@ -140,9 +145,10 @@ class Crash(Exception):
     pass
 
 
+@OBJECTIVES
 def test_resume_continues_the_count_and_ends_with_the_same_weights(transplanted: Path, texts: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    two_stages = dict(steps=4, stage2_steps=2, eval_corpus=None)
+                                                                   monkeypatch: pytest.MonkeyPatch, objective: str) -> None:
+    two_stages = dict(steps=4, stage2_steps=2, eval_corpus=None, objective=objective)
     train(config(transplanted, texts, tmp_path / "whole", **two_stages))
 
     real_loss = ContinuedTask.loss
@@ -181,9 +187,10 @@ def untied(corpus_file: Path, sp_model: Path, tmp_path_factory: pytest.TempPathF
     return root / "model"
 
 
-def test_two_process_accelerate_launch_agrees(untied: Path, texts: Path, tmp_path: Path) -> None:
+@OBJECTIVES
+def test_two_process_accelerate_launch_agrees(untied: Path, texts: Path, tmp_path: Path, objective: str) -> None:
     transplanted = untied
-    cfg = config(transplanted, texts, tmp_path / "trained", steps=3, eval_corpus=None)
+    cfg = config(transplanted, texts, tmp_path / "trained", steps=3, eval_corpus=None, objective=objective)
     script = tmp_path / "ddp.py"
     script.write_text(
         "from pathlib import Path\n"

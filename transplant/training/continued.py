@@ -12,6 +12,13 @@ own warmup + cosine, checkpoints and log (``RUN/stage1``, ``RUN/stage2``):
    bit for bit, and the network itself never changes.
 2. Optional (``stage2_steps``): everything learns, at the lower ``stage2_lr``.
 
+The objective (``objective``) is the causal-LM loss on the training text (``lm``), or
+self-distillation from the base (``alm``, :mod:`transplant.training.distill`): the base
+reads the same text with its own tokenizer and the model learns to give every shared
+stretch of text the likelihood the base gives it, plus ``lm_weight`` x the LM loss. The LM
+loss only teaches the text it sees; the base knows what the model knew, English and code
+too, whatever the training text is.
+
 Evaluation is the byte-level perplexity ratio against the *base* model on a held-out corpus
 (:mod:`transplant.evaluation.evaluate`); the base is scored once and cached in RUN. The result is an
 ordinary HF checkpoint written atomically (:mod:`transplant.io.atomic`) whose
@@ -21,6 +28,7 @@ ordinary HF checkpoint written atomically (:mod:`transplant.io.atomic`) whose
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
@@ -40,9 +49,14 @@ from transplant.inputs.corpus import Document, check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
 from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
-from transplant.training.loop import (
-    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack,
+from transplant.training.alm import DEFAULT_TEMPERATURE
+from transplant.training.distill import (
+    AlmConfig, Reader, Teacher, boundary_tokens, distill_loss, hf_encoder, load_teacher, read_pair,
 )
+from transplant.training.loop import (
+    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack, text_chunks,
+)
+from transplant.vocab.surface import vocabulary
 
 
 @dataclass
@@ -62,6 +76,11 @@ class ContinuedConfig(TrainConfig):
     # usual 1e-8 each of them still moved a full step per step, and German got worse while
     # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
     adam_eps: float = 1e-3
+    objective: Literal["lm", "alm"] = "lm"
+    lm_weight: float = 1.0  # alm: the LM loss's weight beside ALM's (tokenkit mixes them 1:1)
+    alm_temperature: float = DEFAULT_TEMPERATURE  # ALM's binarisation temperature
+    alm_debias: bool = True  # ALM: score chunks "then a word boundary", merged by the base's boundary probability
+    teacher_len: int = 0  # alm: teacher tokens per example (0 = 2 x seq_len); chunks past it are not compared
     stage2_steps: int = 0  # 0 = no stage 2
     stage2_lr: float = 3e-5
     eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base
@@ -87,6 +106,9 @@ class ContinuedConfig(TrainConfig):
             check_corpora([self.eval_corpus])
         if self.stage2_steps < 0 or not self.stage2_lr > 0:
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
+        if not self.lm_weight >= 0 or not self.alm_temperature > 0 or self.teacher_len < 0:
+            raise UserError(f"need lm_weight >= 0, alm_temperature > 0 and teacher_len >= 0, got "
+                            f"{self.lm_weight}, {self.alm_temperature} and {self.teacher_len}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
         if Path(self.out).exists() and not self.force:
@@ -149,6 +171,7 @@ class Transplanted:
     record: dict[str, Any]
     initialized: torch.Tensor | None  # bool per row; None with rows: all
     dtype: torch.dtype
+    teacher: Teacher | None  # objective alm: the base, loaded once for every stage
 
 
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
@@ -163,7 +186,10 @@ def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
         if initialized.shape != (rows,):
             raise UserError(f"{directory}: {INITIALIZED_FILE} has {len(initialized)} rows, the model {rows}")
     record = json.loads((directory / "transplant.json").read_text())
-    return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype)
+    teacher = None
+    if cfg.objective == "alm":
+        teacher = load_teacher(record["base"], AlmConfig(cfg.alm_temperature, cfg.alm_debias))
+    return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype, teacher)
 
 
 def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
@@ -173,6 +199,11 @@ def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
     if head is not None and head.weight is not weights[0]:
         weights.append(head.weight)
     return weights
+
+
+# Characters of training text per ALM example: enough for ``seq_len`` tokens of most
+# tokenizers (~4-5 characters each); the student keeps seq_len, the text past them is dropped.
+CHARS_PER_TOKEN = 6
 
 
 # --- the task ----------------------------------------------------------------------------
@@ -192,6 +223,10 @@ class ContinuedTask:
         self.last_stage = stage_configs(cfg)[-1][0]
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.base: Evaluation | None = None
+        self.teacher = loaded.teacher
+        if self.teacher is not None:  # frozen: bf16 where the run is, it only reads
+            dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+            self.teacher.model.to(accelerator.device, dtype=dtype)
         if stage == 1:
             self.model.requires_grad_(False)
             for weight in embedding_weights(self.model):
@@ -224,14 +259,44 @@ class ContinuedTask:
     # --- data and loss ----------------------------------------------------------------
 
     def examples(self, epoch: int):
+        """Packed token windows for ``lm``; text pieces for ``alm`` (each model tokenizes them)."""
         docs = documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer)
+        if self.teacher is not None:
+            return text_chunks(docs, CHARS_PER_TOKEN * self.cfg.seq_len)
         ids = (self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in docs)
         return pack(ids, self.cfg.seq_len, self.separator)
 
-    def loss(self, model: torch.nn.Module, examples: list[torch.Tensor], step: int, seed: int) -> StepOutput:
+    def loss(self, model: torch.nn.Module, examples: list, step: int, seed: int) -> StepOutput:
+        if self.teacher is not None:
+            return self.distill(model, examples)
         batch = torch.stack(examples).to(self.accelerator.device)
         loss = model(input_ids=batch, labels=batch).loss  # labels shift inside the model
         return StepOutput(loss, batch.numel() - len(batch))
+
+    def distill(self, model: torch.nn.Module, texts: list[str]) -> StepOutput:
+        """ALM against the base on the same text, plus ``lm_weight`` x the LM loss."""
+        teacher, device = self.teacher, self.accelerator.device
+        pair = read_pair(texts, self.reader, teacher.reader, self.cfg.seq_len,
+                         self.cfg.teacher_len or 2 * self.cfg.seq_len)
+        student = pair.student.to(device)
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = teacher.model(input_ids=pair.teacher.ids.to(device),
+                                           attention_mask=pair.teacher.attention.to(device)).logits
+        logits = model(input_ids=student.ids, attention_mask=student.attention).logits
+        alm = distill_loss(logits, teacher_logits, pair, self.reader, teacher.reader, teacher.config)
+        labels = student.labels
+        lm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        tokens = int((labels >= 0).sum())
+        metrics = {"alm": alm.loss.item(), "lm": lm.item(), "chunks": float(alm.num_chunks),
+                   "chunk_gap": alm.mean_abs_logp_diff.item()}
+        return StepOutput(alm.loss + self.cfg.lm_weight * lm, tokens, metrics)
+
+    @functools.cached_property
+    def reader(self) -> Reader:
+        """How the model being trained reads text (its tokenizer, prefix and word-boundary tokens)."""
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.separator
+        return Reader(hf_encoder(self.tokenizer), self.separator, pad, boundary_tokens(vocabulary(self.tokenizer), rows))
 
     # --- evaluation and export ---------------------------------------------------------
 

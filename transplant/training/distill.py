@@ -1,0 +1,182 @@
+"""Self-distillation from the base model across tokenizers: what the trainers call.
+
+The maths (chunks, chunk likelihoods, the binarised divergence) is
+:mod:`transplant.training.alm`; this module is the glue around it. One batch of *text* is
+tokenized twice with byte offsets: by the student's tokenizer (the new one), truncated to
+the sequence length, and by the teacher's (the base's) over exactly the text the student
+kept. The frozen base reads its own tokens; the student (a transplanted model, or the base
+reading hypernetwork rows) reads the new ones; :func:`alm_distill_loss` makes the student
+give every shared stretch of text the likelihood the teacher gives it.
+
+The teacher is the model we started from, so it is free: one extra forward pass, no
+gradient, in bf16 where CUDA has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from transplant.training.alm import (
+    DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, align_chunks, alm_distill_loss,
+    boundary_token_mask, char_to_byte_offsets,
+)
+from transplant.vocab.surface import Vocabulary
+
+# list of texts -> per text (token ids, (start, end) character offsets), no special tokens
+Encoder = Callable[[list[str]], list[tuple[list[int], list[tuple[int, int]]]]]
+
+
+def hf_encoder(tokenizer) -> Encoder:
+    """An :data:`Encoder` over a Hugging Face fast tokenizer (offsets need a fast one)."""
+
+    def encode(texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        batch = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(batch["input_ids"], batch["offset_mapping"]))
+
+    return encode
+
+
+def tokenizers_encoder(tokenizer) -> Encoder:
+    """An :data:`Encoder` over a raw ``tokenizers.Tokenizer`` (the hypernetwork's sampled ones)."""
+
+    def encode(texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        return [(e.ids, e.offsets) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    return encode
+
+
+def boundary_tokens(vocab: Vocabulary, rows: int) -> torch.Tensor:
+    """(rows,) bool: tokens that start a new word (their text begins with whitespace) or are
+    special. ALM's debiasing scores "this text, then a word boundary" on both sides, because a
+    boundary before whitespace is one every pre-tokenizer agrees on. Rows past the
+    tokenizer's vocabulary (padding) are never boundaries."""
+    texts = [surface.decode("utf-8", errors="replace") for surface in vocab.surfaces]
+    special = [i for i, is_special in enumerate(vocab.special) if is_special]
+    return F.pad(boundary_token_mask(texts, special), (0, rows - len(texts)), value=False)
+
+
+@dataclass
+class Side:
+    """One tokenization of a batch: ``[prefix] + tokens``, right-padded.
+
+    ``offsets`` holds each token's UTF-8 byte (start, end) in its text ((0, 0) for the
+    prefix and padding, which cover no text)."""
+
+    ids: torch.Tensor  # (B, T) long
+    attention: torch.Tensor  # (B, T) long, 1 for prefix and tokens
+    offsets: torch.Tensor  # (B, T, 2) long
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """targets[:, t] = the token position t predicts (ids shifted left; the last is padding)."""
+        return F.pad(self.ids[:, 1:], (0, 1), value=0)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``targets`` with -100 where nothing is predicted (padding and the last position)."""
+        predicts = F.pad(self.attention[:, 1:], (0, 1), value=0).bool()
+        return self.targets.masked_fill(~predicts, -100)
+
+    def to(self, device: torch.device | str) -> Side:
+        return Side(self.ids.to(device), self.attention.to(device), self.offsets.to(device))
+
+
+def encode_side(texts: Sequence[str], encoder: Encoder, prefix: int, pad: int, max_tokens: int) -> tuple[Side, list[str]]:
+    """The batch under one tokenizer (at most ``max_tokens`` text tokens each) and each text
+    cut to what its kept tokens cover, so that a second tokenizer reads exactly that text."""
+    rows, kept = [], []
+    for text, (ids, offsets) in zip(texts, encoder(list(texts))):
+        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
+        covered = max((end for _, end in offsets), default=0)
+        rows.append(([prefix, *ids], [(0, 0), *char_to_byte_offsets(text, offsets).tolist()]))
+        kept.append(text[:covered])
+    width = max(len(ids) for ids, _ in rows)
+    side = Side(torch.full((len(rows), width), pad, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.long),
+                torch.zeros(len(rows), width, 2, dtype=torch.long))
+    for row, (ids, offsets) in enumerate(rows):
+        side.ids[row, : len(ids)] = torch.tensor(ids)
+        side.attention[row, : len(ids)] = 1
+        side.offsets[row, : len(offsets)] = torch.tensor(offsets).reshape(-1, 2)
+    return side, kept
+
+
+@dataclass
+class Pair:
+    """One batch of text as the student and the teacher read it, and their shared chunks."""
+
+    student: Side
+    teacher: Side
+    alignment: ChunkAlignment
+
+
+@dataclass
+class Reader:
+    """How one model reads text: its tokenizer (as an :data:`Encoder`), the token every
+    document starts from, its padding id and its word-boundary tokens."""
+
+    encode: Encoder
+    prefix: int
+    pad: int
+    boundary: torch.Tensor | None  # (rows,) bool; None: no debiasing
+
+
+def read_pair(texts: Sequence[str], student: Reader, teacher: Reader, seq_len: int, teacher_len: int) -> Pair:
+    """Tokenize ``texts`` for both models and align their chunks. The student keeps
+    ``seq_len - 1`` tokens after its prefix; the teacher reads the text those cover
+    (up to ``teacher_len - 1`` tokens: chunks past a shorter side are simply not compared)."""
+    student_side, covered = encode_side(texts, student.encode, student.prefix, student.pad, seq_len - 1)
+    teacher_side, _ = encode_side(covered, teacher.encode, teacher.prefix, teacher.pad, teacher_len - 1)
+    alignment = align_chunks(teacher_side.offsets, student_side.offsets, teacher_side.attention.bool(),
+                             student_side.attention.bool())
+    return Pair(student_side, teacher_side, alignment)
+
+
+@dataclass
+class AlmConfig:
+    """ALM's knobs (METHODS.md): the binarisation temperature and the debiasing of chunk
+    ends (tokenkit's ``merge_by_space_prob`` with its threshold, and ``append_space``)."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    debias: bool = True
+    merge_threshold: float = DEFAULT_MERGE_THRESHOLD
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, pair: Pair, student: Reader,
+                 teacher: Reader, cfg: AlmConfig) -> ALMOutput:
+    """ALM between the student's logits on ``pair.student`` and the teacher's on ``pair.teacher``."""
+    debias = cfg.debias and student.boundary is not None and teacher.boundary is not None
+    return alm_distill_loss(
+        student_logits, pair.student.targets.to(student_logits.device),
+        teacher_logits, pair.teacher.targets.to(teacher_logits.device), pair.alignment,
+        temperature=cfg.temperature,
+        student_boundary_tokens=student.boundary if debias else None,
+        teacher_boundary_tokens=teacher.boundary if debias else None,
+        merge_threshold=cfg.merge_threshold,
+    )
+
+
+@dataclass
+class Teacher:
+    """The frozen base as the teacher: its model (inference only), how it reads text, and
+    the ALM settings every step uses."""
+
+    model: torch.nn.Module
+    reader: Reader
+    config: AlmConfig
+
+
+def load_teacher(base: str, config: AlmConfig) -> Teacher:
+    """The base model recorded in ``transplant.json``, frozen, with its own tokenizer."""
+    from transplant.evaluation.evaluate import load_model, prefix_token_id
+    from transplant.vocab.surface import vocabulary
+
+    model, tokenizer = load_model(base)
+    model.requires_grad_(False)
+    prefix = prefix_token_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
+    rows = model.get_output_embeddings().weight.shape[0]
+    return Teacher(model, Reader(hf_encoder(tokenizer), prefix, pad, boundary_tokens(vocabulary(tokenizer), rows)), config)
