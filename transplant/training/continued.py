@@ -77,7 +77,12 @@ class ContinuedConfig(TrainConfig):
     # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
     adam_eps: float = 1e-3
     objective: Literal["lm", "alm"] = "lm"
-    lm_weight: float = 1.0  # alm: the LM loss's weight beside ALM's (tokenkit mixes them 1:1)
+    # alm: loss = alm_weight x ALM + lm_weight x LM. ALM's binarised divergence at temperature
+    # 100 has ~200x smaller gradients than the LM loss (SmolLM2 -> German 16k: embedding RMS
+    # 8e-6 vs 1.5e-3): at 1:1 the LM loss alone would steer, and Adam's eps 1e-3 would
+    # swallow a pure ALM gradient. A weight of the temperature puts the two on one scale.
+    alm_weight: float = 100.0
+    lm_weight: float = 1.0
     alm_temperature: float = DEFAULT_TEMPERATURE  # ALM's binarisation temperature
     alm_debias: bool = True  # ALM: score chunks "then a word boundary", merged by the base's boundary probability
     teacher_len: int = 0  # alm: teacher tokens per example (0 = 2 x seq_len); chunks past it are not compared
@@ -106,9 +111,9 @@ class ContinuedConfig(TrainConfig):
             check_corpora([self.eval_corpus])
         if self.stage2_steps < 0 or not self.stage2_lr > 0:
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
-        if not self.lm_weight >= 0 or not self.alm_temperature > 0 or self.teacher_len < 0:
-            raise UserError(f"need lm_weight >= 0, alm_temperature > 0 and teacher_len >= 0, got "
-                            f"{self.lm_weight}, {self.alm_temperature} and {self.teacher_len}")
+        if not (self.alm_weight >= 0 and self.lm_weight >= 0 and self.alm_temperature > 0 and self.teacher_len >= 0):
+            raise UserError(f"need alm_weight >= 0, lm_weight >= 0, alm_temperature > 0 and teacher_len >= 0, got "
+                            f"{self.alm_weight}, {self.lm_weight}, {self.alm_temperature} and {self.teacher_len}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
         if Path(self.out).exists() and not self.force:
@@ -274,7 +279,7 @@ class ContinuedTask:
         return StepOutput(loss, batch.numel() - len(batch))
 
     def distill(self, model: torch.nn.Module, texts: list[str]) -> StepOutput:
-        """ALM against the base on the same text, plus ``lm_weight`` x the LM loss."""
+        """``alm_weight`` x ALM against the base on the same text + ``lm_weight`` x the LM loss."""
         teacher, device = self.teacher, self.accelerator.device
         pair = read_pair(texts, self.reader, teacher.reader, self.cfg.seq_len,
                          self.cfg.teacher_len or 2 * self.cfg.seq_len)
@@ -289,7 +294,7 @@ class ContinuedTask:
         tokens = int((labels >= 0).sum())
         metrics = {"alm": alm.loss.item(), "lm": lm.item(), "chunks": float(alm.num_chunks),
                    "chunk_gap": alm.mean_abs_logp_diff.item()}
-        return StepOutput(alm.loss + self.cfg.lm_weight * lm, tokens, metrics)
+        return StepOutput(self.cfg.alm_weight * alm.loss + self.cfg.lm_weight * lm, tokens, metrics)
 
     @functools.cached_property
     def reader(self) -> Reader:
