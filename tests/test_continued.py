@@ -248,6 +248,12 @@ def test_bad_settings_fail_in_one_line_before_any_model_loads(transplanted: Path
     weight_decay.write_text("weight_decay: 0.1\n")
     assert_one_line(runner.invoke(app, ["train", str(transplanted), *good, "--config", str(weight_decay)]),
                     "weight decay would shrink the copied rows")
+    assert_one_line(runner.invoke(app, ["train", str(transplanted), *good, "--objective", "kl"]),
+                    "--objective must be one of lm, alm")
+    negative = tmp_path / "negative.yaml"
+    negative.write_text("objective: alm\nalm_weight: -1\n")
+    assert_one_line(runner.invoke(app, ["train", str(transplanted), *good, "--config", str(negative)]),
+                    "need alm_weight >= 0")
     assert not (tmp_path / "trained").exists()
 
 

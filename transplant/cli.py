@@ -189,6 +189,7 @@ def train(
     eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="Held-out text: ratio to the base every eval_every steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stage 1 optimizer steps (embedding rows only)."),
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", help="Stage 2 steps (every weight, stage2_lr); 0 = none."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="lm: the LM loss on the text; alm: self-distillation from the base (its likelihoods of the same text) plus lm_weight x the LM loss."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0 = start and end only)."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
@@ -199,7 +200,7 @@ def train(
     from transplant.training.continued import train as run_training
 
     cfg = load_train_config(config, recipe, model=model, corpus=corpus, out=out, eval_corpus=eval_corpus, steps=steps,
-                            stage2_steps=stage2_steps, eval_every=eval_every, eval_docs=max_docs,
+                            stage2_steps=stage2_steps, objective=objective, eval_every=eval_every, eval_docs=max_docs,
                             resume=resume or None, force=force or None)
     run_training(cfg)
     console.print(f"wrote [bold]{cfg.out}[/] (log: {cfg.run_path})")
