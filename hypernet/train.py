@@ -18,6 +18,13 @@ Which rows a step predicts (``vocab_mode``):
 The first ``base_tokenizer_steps`` steps use the base tokenizer itself (every token its own
 single piece): a short warm-up that anchors the heads where the right answer is known.
 
+``objective: alm`` adds self-distillation (:mod:`transplant.training.distill`): the same
+frozen base reads the same text with its own tokenizer as the teacher, and the loss becomes
+``alm_weight`` x ALM + ``lm_weight`` x the cross-entropy (+ the lexical term). The cross-entropy
+only asks for the next token of the text; ALM asks the predicted rows to give every stretch
+of text the likelihood the base gives it. The student's log-probs are the same sampled-softmax
+estimates the cross-entropy uses.
+
 Run ``transplant hypernet train --config recipes/hypernet/smollm2-cpu.yaml --corpus F -o DIR``,
 or the same under ``accelerate launch -m transplant hypernet train …`` for several processes.
 """
@@ -49,10 +56,17 @@ from transplant.inputs.corpus import check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
 from transplant.io.sources import resolve_model
 from transplant.vocab.surface import vocabulary
+from transplant.training.alm import ALMOutput, boundary_logprobs, boundary_token_mask, token_logprobs
+from transplant.training.distill import (
+    Encoder, ObjectiveConfig, Pair, Reader, Side, Teacher, boundary_tokens, distill_loss_from_logprobs, encode_side,
+    hf_encoder, hf_reader, read_pair, tokenizers_encoder,
+)
 from transplant.training.loop import (
     StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
+
+NO_TOKEN = -1  # the token grid's padding, and its prefix column: the LM reads the base's prefix row there
 
 
 @dataclass
@@ -75,8 +89,9 @@ class HypernetRunConfig(TrainConfig):
 
 
 @dataclass
-class HypernetTrainConfig(HypernetRunConfig):
-    """Everything ``transplant hypernet train`` reads; a recipe YAML sets any of it."""
+class HypernetTrainConfig(HypernetRunConfig, ObjectiveConfig):
+    """Everything ``transplant hypernet train`` reads; a recipe YAML sets any of it (the
+    objective and ALM's knobs: :class:`~transplant.training.distill.ObjectiveConfig`)."""
 
     corpus: list[str] = field(default_factory=list)
     eval_corpus: str | None = None  # held-out .txt/.jsonl: bits/byte under a fixed sampled tokenizer
@@ -116,12 +131,13 @@ class HypernetTrainConfig(HypernetRunConfig):
 
 @dataclass
 class StepVocab:
-    """The vocabulary of one step: how it tokenizes, how big it is, how its tokens are
-    spelled in base pieces."""
+    """The vocabulary of one step: how it tokenizes (with offsets), how big it is, how its
+    tokens are spelled in base pieces and which of them start a word (ALM's debiasing)."""
 
-    encode: Callable[[list[str]], list[list[int]]]
+    encode: Encoder
     size: int
     pieces: Callable[[torch.Tensor], list[list[int]]]
+    starts_word: Callable[[torch.Tensor], torch.Tensor]  # ids -> (n,) bool on the CPU
 
 
 class HypernetTask:
@@ -153,6 +169,10 @@ class HypernetTask:
         self.decompose = functools.lru_cache(maxsize=1 << 20)(
             lambda piece: encode_bytes(self.base_tokenizer, self.base_vocab, piece_bytes(piece))
         )
+        self.teacher = None  # objective alm: the frozen base, reading with its own tokenizer
+        if cfg.objective == "alm":
+            rows = self.lm.get_output_embeddings().weight.shape[0]
+            self.teacher = Teacher(self.lm, hf_reader(self.base_tokenizer, rows), cfg.alm)
 
     # --- data -------------------------------------------------------------------------
 
@@ -163,11 +183,24 @@ class HypernetTask:
     def step_vocab(self, step: int, rng: np.random.Generator) -> StepVocab:
         """The base tokenizer during the warm-up, a freshly sampled one after it."""
         if step < self.cfg.base_tokenizer_steps:
-            encode = functools.partial(self.base_tokenizer, add_special_tokens=False)
-            return StepVocab(lambda texts: encode(texts)["input_ids"], len(self.base_vocab),
-                             lambda ids: [[i] for i in ids.tolist()])
+            return StepVocab(hf_encoder(self.base_tokenizer), len(self.base_vocab),
+                             lambda ids: [[i] for i in ids.tolist()], lambda ids: self.base_starts_word[ids.cpu()])
         tokenizer = self.sampler.sample(rng)
         return _sampled_vocab(tokenizer, self.decompose)
+
+    @functools.cached_property
+    def base_starts_word(self) -> torch.Tensor:
+        return boundary_tokens(self.base_vocab, len(self.base_vocab))
+
+    def read(self, texts: list[str], vocab: StepVocab) -> tuple[Side, Pair | None]:
+        """The texts in the step's tokenizer, ``[NO_TOKEN] + up to seq_len tokens``; under
+        ``alm`` also as the teacher reads the text those tokens cover, and their shared chunks."""
+        if self.teacher is None:
+            return encode_side(texts, vocab.encode, NO_TOKEN, NO_TOKEN, self.cfg.seq_len)[0], None
+        student = Reader(vocab.encode, NO_TOKEN, NO_TOKEN, None)
+        pair = read_pair(texts, student, self.teacher.reader, self.cfg.seq_len + 1, self.cfg.teacher_tokens,
+                         student_reads_last=False)
+        return pair.student, pair
 
     # --- the step -----------------------------------------------------------------------
 
@@ -176,8 +209,9 @@ class HypernetTask:
         rng = np.random.default_rng(seed)
         self.sampler.push(texts)
         vocab = self.step_vocab(step, rng)
-        tokens = padded_ids([ids[: cfg.seq_len] for ids in vocab.encode(texts)]).to(device)  # (B, T), -1 pad
-        valid = tokens >= 0
+        side, pair = self.read(texts, vocab)
+        tokens = side.ids[:, 1:].to(device)  # (B, T), NO_TOKEN pads
+        valid = tokens != NO_TOKEN
         positives, local = torch.unique(tokens[valid], return_inverse=True)
         selected, bias = self.candidates(positives, vocab, rng)
         pieces = padded_ids(vocab.pieces(selected)).to(device)
@@ -198,7 +232,28 @@ class HypernetTask:
             lexical = self.lexical(pieces, rows_in, rows_out)
         loss = ce + cfg.lexical_weight * lexical
         metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(vocab.size), "rows": float(len(selected))}
+        if pair is not None:
+            alm = self.distill(logits, local, valid, vocab.starts_word(selected), pair)
+            loss = cfg.alm_weight * alm.loss + cfg.lm_weight * ce + cfg.lexical_weight * lexical
+            metrics |= {"alm": alm.loss.item(), "chunks": float(alm.num_chunks), "chunk_gap": alm.mean_abs_logp_diff.item()}
         return StepOutput(loss, int(valid.sum()), metrics)
+
+    def distill(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, starts_word: torch.Tensor,
+                pair: Pair) -> ALMOutput:
+        """ALM against the base reading ``pair.teacher``: one more frozen forward of the LM.
+
+        ``logits`` (valid positions, candidates) are the sampled softmax of the step with the
+        candidates' corrections, ``targets`` each position's candidate, ``starts_word`` which
+        candidates begin a word: the log-probs ALM compares are the CE's estimates."""
+        teacher, device = self.teacher, self.accelerator.device
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = teacher.model(input_ids=pair.teacher.ids.to(device),
+                                           attention_mask=pair.teacher.attention.to(device)).logits
+        token_logp = on_grid(token_logprobs(logits, targets), valid)
+        boundary_logp = None
+        if teacher.config.debias:
+            boundary_logp = on_grid(boundary_logprobs(logits, starts_word.to(device)), valid)
+        return distill_loss_from_logprobs(token_logp, boundary_logp, teacher_logits, pair, teacher.reader, teacher.config)
 
     def candidates(self, positives: torch.Tensor, vocab: StepVocab, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The ids whose rows this step predicts (positives first) and each one's logit correction.
@@ -273,12 +328,25 @@ class HypernetTask:
         return [self.sampler]
 
 
-def _sampled_vocab(tokenizer: Tokenizer, decompose: Callable[[str], list[int]]) -> StepVocab:
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+def on_grid(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-position values of the valid positions (in ``hidden[valid]``'s order) on the
+    (B, T + 1) grid of the student's :class:`~transplant.training.distill.Side`, zeros elsewhere.
 
-    return StepVocab(encode, tokenizer.get_vocab_size(),
-                     lambda ids: [decompose(tokenizer.id_to_token(i)) for i in ids.tolist()])
+    Hidden position i reads the prefix (i = 0) or token i - 1 and predicts token i, which the
+    side holds at column i + 1; ALM reads a token's log-prob at the column before it, i.e. at
+    i. So the grid is the hidden positions' own, plus the side's last column (which predicts
+    nothing)."""
+    rows, columns = valid.nonzero(as_tuple=True)
+    return values.new_zeros(valid.shape[0], valid.shape[1] + 1).index_put((rows, columns), values)
+
+
+def _sampled_vocab(tokenizer: Tokenizer, decompose: Callable[[str], list[int]]) -> StepVocab:
+    def starts_word(ids: torch.Tensor) -> torch.Tensor:
+        texts = [piece_bytes(tokenizer.id_to_token(i)).decode("utf-8", errors="replace") for i in ids.tolist()]
+        return boundary_token_mask(texts)
+
+    return StepVocab(tokenizers_encoder(tokenizer), tokenizer.get_vocab_size(),
+                     lambda ids: [decompose(tokenizer.id_to_token(i)) for i in ids.tolist()], starts_word)
 
 
 def _embedding_scale(lm) -> float:

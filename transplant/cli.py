@@ -231,6 +231,7 @@ def hypernet_train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (recipes/hypernet/*.yaml)."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="zett: held-out text scored every eval_every steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides the config)."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="zett: lm (cross-entropy) or alm (self-distillation from the base, plus lm_weight x the cross-entropy)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in HN_DIR."),
     force: bool = typer.Option(False, "--force", help="Start over in an HN_DIR that holds an earlier run."),
 ) -> None:
@@ -244,7 +245,7 @@ def hypernet_train(
     module_name, config_name = HYPERNET_TRAINERS[kind]
     trainer = importlib.import_module(module_name)
     cfg = load_config(getattr(trainer, config_name), config, base=base, corpus=corpus, vectors=vectors,
-                      train_vectors=train_vectors, out=out, eval_corpus=eval_corpus, steps=steps,
+                      train_vectors=train_vectors, out=out, eval_corpus=eval_corpus, steps=steps, objective=objective,
                       resume=resume or None, force=force or None)
     console.print(f"wrote hypernetwork [bold]{trainer.train(cfg)}[/] (apply: --method {kind} --hypernet DIR)")
 

@@ -6,7 +6,8 @@ its training losses and alignment code), read, not copied.
 
 Pure tensor code: no I/O, no models, no tokenizers. The trainer tokenizes one text twice
 (teacher = base tokenizer, student = new tokenizer), runs both models, and calls
-`alm_distill_loss`.
+`alm_distill_loss` — or `alm_distill_loss_from_logprobs` when the student has no full
+logits, only token log-probs estimated by a sampled softmax (the hypernetwork trainer).
 
 The idea
 --------
@@ -418,11 +419,39 @@ def alm_distill_loss(student_logits: torch.Tensor, student_targets: torch.Tensor
     """
     if (student_boundary_tokens is None) != (teacher_boundary_tokens is None):
         raise ValueError("pass boundary-token masks for both models or for neither")
+    student_boundary_logp = None
+    if student_boundary_tokens is not None:
+        student_boundary_logp = boundary_logprobs(student_logits, student_boundary_tokens.to(student_logits.device))
+    return alm_distill_loss_from_logprobs(
+        token_logprobs(student_logits, student_targets), teacher_logits, teacher_targets, alignment,
+        temperature=temperature, student_boundary_logp=student_boundary_logp,
+        teacher_boundary_tokens=teacher_boundary_tokens, merge_threshold=merge_threshold)
+
+
+def alm_distill_loss_from_logprobs(student_logp: torch.Tensor, teacher_logits: torch.Tensor,
+                                   teacher_targets: torch.Tensor, alignment: ChunkAlignment, *,
+                                   temperature: float = DEFAULT_TEMPERATURE,
+                                   student_boundary_logp: torch.Tensor | None = None,
+                                   teacher_boundary_tokens: torch.Tensor | None = None,
+                                   merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD) -> ALMOutput:
+    """`alm_distill_loss` for a student whose full logits do not exist.
+
+    A student scored by a sampled softmax (the hypernetwork trainer: logits over the batch's
+    tokens plus sampled negatives) has only estimates: its token log-prob is the target's
+    logit minus the logsumexp over the candidates, its boundary log-prob the logsumexp over
+    the boundary candidates minus that (`token_logprobs` and `boundary_logprobs` on the
+    candidates' logits compute both). student_logp: (B, T) in the layout `token_logprobs`
+    gives (position t holds the log-prob of input token t+1); student_boundary_logp:
+    (B, T) likewise, or None without debiasing (then also no teacher mask). The teacher
+    still has full logits.
+    """
+    if (student_boundary_logp is None) != (teacher_boundary_tokens is None):
+        raise ValueError("pass boundary log-probs for the student and a boundary-token mask for the teacher, or neither")
     num = alignment.max_chunks  # read on CPU, before the move: no device sync
-    alignment = alignment.to(student_logits.device)
+    alignment = alignment.to(student_logp.device)
     t_ids, s_ids = alignment.teacher_chunk_ids, alignment.student_chunk_ids
-    mask = torch.arange(num, device=student_logits.device)[None, :] < alignment.num_chunks[:, None]
-    debias = student_boundary_tokens is not None
+    mask = torch.arange(num, device=student_logp.device)[None, :] < alignment.num_chunks[:, None]
+    debias = student_boundary_logp is not None
 
     with torch.no_grad():  # the teacher side: no graph, no gradient
         if debias:
@@ -437,10 +466,9 @@ def alm_distill_loss(student_logits: torch.Tensor, student_targets: torch.Tensor
         if debias:
             t_chunk = t_chunk + t_bound.gather(1, last_position(t_ids, num))
 
-    s_chunk = chunk_logprobs(token_logprobs(student_logits, student_targets), to_target_positions(s_ids), num)
+    s_chunk = chunk_logprobs(student_logp.float(), to_target_positions(s_ids), num)
     if debias:
-        s_bound = boundary_logprobs(student_logits, student_boundary_tokens.to(student_logits.device))
-        s_chunk = s_chunk + s_bound.gather(1, last_position(s_ids, num))
+        s_chunk = s_chunk + student_boundary_logp.float().gather(1, last_position(s_ids, num))
 
     loss = alm_loss(s_chunk, t_chunk, mask, temperature)
     with torch.no_grad():

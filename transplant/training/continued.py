@@ -49,18 +49,14 @@ from transplant.inputs.corpus import Document, check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
 from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
-from transplant.training.alm import DEFAULT_TEMPERATURE
-from transplant.training.distill import (
-    AlmConfig, Reader, Teacher, boundary_tokens, distill_loss, hf_encoder, load_teacher, read_pair,
-)
+from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
     StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack, text_chunks,
 )
-from transplant.vocab.surface import vocabulary
 
 
 @dataclass
-class ContinuedConfig(TrainConfig):
+class ContinuedConfig(ObjectiveConfig):
     """Everything ``transplant train`` reads; a ``--config`` YAML or a recipe's ``train:`` sets any of it."""
 
     model: str = ""  # the transplanted model directory (`transplant model -o`)
@@ -76,16 +72,6 @@ class ContinuedConfig(TrainConfig):
     # usual 1e-8 each of them still moved a full step per step, and German got worse while
     # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
     adam_eps: float = 1e-3
-    objective: Literal["lm", "alm"] = "lm"
-    # alm: loss = alm_weight x ALM + lm_weight x LM. ALM's binarised divergence at temperature
-    # 100 has ~200x smaller gradients than the LM loss (SmolLM2 -> German 16k: embedding RMS
-    # 8e-6 vs 1.5e-3): at 1:1 the LM loss alone would steer, and Adam's eps 1e-3 would
-    # swallow a pure ALM gradient. A weight of the temperature puts the two on one scale.
-    alm_weight: float = 100.0
-    lm_weight: float = 1.0
-    alm_temperature: float = DEFAULT_TEMPERATURE  # ALM's binarisation temperature
-    alm_debias: bool = True  # ALM: score chunks "then a word boundary", merged by the base's boundary probability
-    teacher_len: int = 0  # alm: teacher tokens per example (0 = 2 x seq_len); chunks past it are not compared
     stage2_steps: int = 0  # 0 = no stage 2
     stage2_lr: float = 3e-5
     eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base
@@ -111,9 +97,6 @@ class ContinuedConfig(TrainConfig):
             check_corpora([self.eval_corpus])
         if self.stage2_steps < 0 or not self.stage2_lr > 0:
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
-        if not (self.alm_weight >= 0 and self.lm_weight >= 0 and self.alm_temperature > 0 and self.teacher_len >= 0):
-            raise UserError(f"need alm_weight >= 0, lm_weight >= 0, alm_temperature > 0 and teacher_len >= 0, got "
-                            f"{self.alm_weight}, {self.lm_weight}, {self.alm_temperature} and {self.teacher_len}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
         if Path(self.out).exists() and not self.force:
@@ -193,7 +176,7 @@ def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     record = json.loads((directory / "transplant.json").read_text())
     teacher = None
     if cfg.objective == "alm":
-        teacher = load_teacher(record["base"], AlmConfig(cfg.alm_temperature, cfg.alm_debias))
+        teacher = load_teacher(record["base"], cfg.alm)
     return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype, teacher)
 
 
@@ -281,8 +264,7 @@ class ContinuedTask:
     def distill(self, model: torch.nn.Module, texts: list[str]) -> StepOutput:
         """``alm_weight`` x ALM against the base on the same text + ``lm_weight`` x the LM loss."""
         teacher, device = self.teacher, self.accelerator.device
-        pair = read_pair(texts, self.reader, teacher.reader, self.cfg.seq_len,
-                         self.cfg.teacher_len or 2 * self.cfg.seq_len)
+        pair = read_pair(texts, self.reader, teacher.reader, self.cfg.seq_len, self.cfg.teacher_tokens)
         student = pair.student.to(device)
         with torch.no_grad(), self.accelerator.autocast():
             teacher_logits = teacher.model(input_ids=pair.teacher.ids.to(device),
@@ -299,9 +281,7 @@ class ContinuedTask:
     @functools.cached_property
     def reader(self) -> Reader:
         """How the model being trained reads text (its tokenizer, prefix and word-boundary tokens)."""
-        rows = self.model.get_input_embeddings().weight.shape[0]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.separator
-        return Reader(hf_encoder(self.tokenizer), self.separator, pad, boundary_tokens(vocabulary(self.tokenizer), rows))
+        return hf_reader(self.tokenizer, self.model.get_input_embeddings().weight.shape[0])
 
     # --- evaluation and export ---------------------------------------------------------
 

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from transplant.errors import UserError
+from transplant.evaluation.evaluate import load_model, prefix_token_id
 from transplant.training.alm import (
     DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, align_chunks, alm_distill_loss,
-    boundary_token_mask, char_to_byte_offsets,
+    alm_distill_loss_from_logprobs, boundary_token_mask, char_to_byte_offsets,
 )
-from transplant.vocab.surface import Vocabulary
+from transplant.training.loop import TrainConfig
+from transplant.vocab.surface import Vocabulary, vocabulary
 
 # list of texts -> per text (token ids, (start, end) character offsets), no special tokens
 Encoder = Callable[[list[str]], list[tuple[list[int], list[tuple[int, int]]]]]
@@ -76,10 +80,14 @@ class Side:
         return F.pad(self.ids[:, 1:], (0, 1), value=0)
 
     @property
+    def predicts(self) -> torch.Tensor:
+        """(B, T) bool: positions followed by a token (not padding, not a row's last token)."""
+        return F.pad(self.attention[:, 1:], (0, 1), value=0).bool()
+
+    @property
     def labels(self) -> torch.Tensor:
         """``targets`` with -100 where nothing is predicted (padding and the last position)."""
-        predicts = F.pad(self.attention[:, 1:], (0, 1), value=0).bool()
-        return self.targets.masked_fill(~predicts, -100)
+        return self.targets.masked_fill(~self.predicts, -100)
 
     def to(self, device: torch.device | str) -> Side:
         return Side(self.ids.to(device), self.attention.to(device), self.offsets.to(device))
@@ -124,14 +132,29 @@ class Reader:
     boundary: torch.Tensor | None  # (rows,) bool; None: no debiasing
 
 
-def read_pair(texts: Sequence[str], student: Reader, teacher: Reader, seq_len: int, teacher_len: int) -> Pair:
+def hf_reader(tokenizer, rows: int) -> Reader:
+    """How a model with a Hugging Face tokenizer and ``rows`` embedding rows reads text:
+    documents start from its BOS (or EOS), padding is its pad token (or that prefix)."""
+    prefix = prefix_token_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
+    return Reader(hf_encoder(tokenizer), prefix, pad, boundary_tokens(vocabulary(tokenizer), rows))
+
+
+def read_pair(texts: Sequence[str], student: Reader, teacher: Reader, seq_len: int, teacher_len: int,
+              student_reads_last: bool = True) -> Pair:
     """Tokenize ``texts`` for both models and align their chunks. The student keeps
     ``seq_len - 1`` tokens after its prefix; the teacher reads the text those cover
-    (up to ``teacher_len - 1`` tokens: chunks past a shorter side are simply not compared)."""
+    (up to ``teacher_len - 1`` tokens: chunks past a shorter side are simply not compared).
+
+    A student that only predicts its last token, never reads it (the hypernetwork's LM),
+    has no distribution after it, which debiasing needs: ``student_reads_last=False`` leaves
+    the chunk holding each row's last token out."""
     student_side, covered = encode_side(texts, student.encode, student.prefix, student.pad, seq_len - 1)
     teacher_side, _ = encode_side(covered, teacher.encode, teacher.prefix, teacher.pad, teacher_len - 1)
-    alignment = align_chunks(teacher_side.offsets, student_side.offsets, teacher_side.attention.bool(),
-                             student_side.attention.bool())
+    compared = student_side.attention.bool()
+    if not student_reads_last:
+        compared &= student_side.predicts
+    alignment = align_chunks(teacher_side.offsets, student_side.offsets, teacher_side.attention.bool(), compared)
     return Pair(student_side, teacher_side, alignment)
 
 
@@ -145,6 +168,38 @@ class AlmConfig:
     merge_threshold: float = DEFAULT_MERGE_THRESHOLD
 
 
+@dataclass
+class ObjectiveConfig(TrainConfig):
+    """A trainer's objective, shared by ``transplant train`` and ``transplant hypernet train``:
+    the LM loss (``lm``), or ALM self-distillation from the frozen base (``alm``) with its knobs."""
+
+    objective: Literal["lm", "alm"] = "lm"
+    # alm: loss = alm_weight x ALM + lm_weight x LM. ALM's binarised divergence at temperature
+    # 100 has ~200x smaller gradients than the LM loss (SmolLM2 -> German 16k: embedding RMS
+    # 8e-6 vs 1.5e-3): at 1:1 the LM loss alone would steer, and Adam's eps 1e-3 would
+    # swallow a pure ALM gradient. A weight of the temperature puts the two on one scale.
+    alm_weight: float = 100.0
+    lm_weight: float = 1.0
+    alm_temperature: float = DEFAULT_TEMPERATURE  # ALM's binarisation temperature
+    alm_debias: bool = True  # ALM: score chunks "then a word boundary", merged by the base's boundary probability
+    teacher_len: int = 0  # alm: teacher tokens per example (0 = 2 x seq_len); chunks past it are not compared
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.alm_weight >= 0 and self.lm_weight >= 0 and self.alm_temperature > 0 and self.teacher_len >= 0):
+            raise UserError(f"need alm_weight >= 0, lm_weight >= 0, alm_temperature > 0 and teacher_len >= 0, got "
+                            f"{self.alm_weight}, {self.lm_weight}, {self.alm_temperature} and {self.teacher_len}")
+
+    @property
+    def alm(self) -> AlmConfig:
+        return AlmConfig(self.alm_temperature, self.alm_debias)
+
+    @property
+    def teacher_tokens(self) -> int:
+        """Tokens the teacher reads per example, its prefix included."""
+        return self.teacher_len or 2 * self.seq_len
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, pair: Pair, student: Reader,
                  teacher: Reader, cfg: AlmConfig) -> ALMOutput:
     """ALM between the student's logits on ``pair.student`` and the teacher's on ``pair.teacher``."""
@@ -154,6 +209,20 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, pai
         teacher_logits, pair.teacher.targets.to(teacher_logits.device), pair.alignment,
         temperature=cfg.temperature,
         student_boundary_tokens=student.boundary if debias else None,
+        teacher_boundary_tokens=teacher.boundary if debias else None,
+        merge_threshold=cfg.merge_threshold,
+    )
+
+
+def distill_loss_from_logprobs(student_logp: torch.Tensor, student_boundary_logp: torch.Tensor | None,
+                               teacher_logits: torch.Tensor, pair: Pair, teacher: Reader, cfg: AlmConfig) -> ALMOutput:
+    """:func:`distill_loss` for a student with only token log-probs (B, T), laid out like
+    ``pair.student``'s targets (and boundary log-probs, or None: then no debiasing)."""
+    debias = cfg.debias and student_boundary_logp is not None and teacher.boundary is not None
+    return alm_distill_loss_from_logprobs(
+        student_logp, teacher_logits, pair.teacher.targets.to(teacher_logits.device), pair.alignment,
+        temperature=cfg.temperature,
+        student_boundary_logp=student_boundary_logp if debias else None,
         teacher_boundary_tokens=teacher.boundary if debias else None,
         merge_threshold=cfg.merge_threshold,
     )
@@ -171,12 +240,6 @@ class Teacher:
 
 def load_teacher(base: str, config: AlmConfig) -> Teacher:
     """The base model recorded in ``transplant.json``, frozen, with its own tokenizer."""
-    from transplant.evaluation.evaluate import load_model, prefix_token_id
-    from transplant.vocab.surface import vocabulary
-
     model, tokenizer = load_model(base)
     model.requires_grad_(False)
-    prefix = prefix_token_id(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
-    rows = model.get_output_embeddings().weight.shape[0]
-    return Teacher(model, Reader(hf_encoder(tokenizer), prefix, pad, boundary_tokens(vocabulary(tokenizer), rows)), config)
+    return Teacher(model, hf_reader(tokenizer, model.get_output_embeddings().weight.shape[0]), config)
