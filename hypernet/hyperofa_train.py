@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 
 from transplant.hypernet.fingerprint import base_hash
 from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
-from transplant.hypernet.train import HypernetRunConfig
+from transplant.hypernet.zett_train import HypernetRunConfig
 from transplant.hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
 from transplant.io.checkpoint import read_embeddings
 from transplant.inputs.corpus import check_corpora

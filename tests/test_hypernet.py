@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import bpe_tokenizer, tiny_llama
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler
-from transplant.hypernet.train import HypernetTask, HypernetTrainConfig
+from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig
 from transplant.hypernet.fingerprint import base_hash
 from transplant.hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, save_hypernet
 from transplant.errors import UserError
@@ -233,7 +233,7 @@ def test_two_process_accelerate_launch_agrees(tiny: dict[str, Path], tmp_path: P
     script.write_text(
         "import sys\nfrom pathlib import Path\n"
         "from safetensors.torch import save_file\n"
-        "from transplant.hypernet.train import HypernetTask, HypernetTrainConfig\n"
+        "from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig\n"
         "from transplant.training.loop import fit, load_config, make_accelerator\n"
         f"cfg = load_config(HypernetTrainConfig, None, **{vars(tiny_config(tiny, tmp_path / 'hn', steps=3))!r})\n"
         "accelerator = make_accelerator(cfg)\n"

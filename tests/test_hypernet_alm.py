@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from test_hypernet import tiny, tiny_config, train_tiny  # noqa: F401  (tiny: the module's fixture)
 from transplant.cli import app
-from transplant.hypernet.train import HypernetTask
+from transplant.hypernet.zett_train import HypernetTask
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.training.alm import (
     align_chunks, alm_distill_loss, alm_distill_loss_from_logprobs, boundary_logprobs, token_logprobs,

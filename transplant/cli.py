@@ -62,9 +62,9 @@ def model(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Transplant BASE onto the tokenizer NEW. Method options are flags too (e.g. --k 32)."""
+    from transplant import api
     from transplant.methods import registry
     from transplant.options import parse_flags
-    from transplant.pipeline import TransplantConfig, transplant
     from transplant.progress import Stages
     from transplant.recipe import load_recipe
 
@@ -76,21 +76,10 @@ def model(
     out_dir = out or (Path(spec.out) if spec.out else None)
     if not base_ref or not tokenizer_ref or out_dir is None:
         raise UserError("need BASE, --tokenizer and -o OUT (on the command line or in --recipe)")
-    config = TransplantConfig(
-        base=base_ref,
-        tokenizer=tokenizer_ref,
-        out=out_dir,
-        method=chosen,
-        options=options,
-        donor=donor or spec.donor,
-        seed=seed if seed is not None else spec.seed or 0,
-        force=force,
-        allow_pickle=allow_pickle,
-        device=device,
-        chat_template=chat_template if chat_template in ("base", "new") else _bad_chat(chat_template),
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
-    result = transplant(config, Stages(console=None if as_json else console))
+    result = api.model(base_ref, tokenizer_ref, out_dir, method=chosen, options=options, donor=donor or spec.donor,
+                       seed=seed if seed is not None else spec.seed or 0, device=device, chat_template=chat_template,
+                       pad_to_multiple_of=pad_to_multiple_of, force=force, allow_pickle=allow_pickle,
+                       stages=Stages(console=None if as_json else console))
     if as_json:
         print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}))
         return
@@ -99,10 +88,6 @@ def model(
         f"wrote [bold]{result.out}[/]: {c['rows']:,} rows, {c['copied']:,} copied, "
         f"{c['initialized']:,} initialized with {chosen} ({result.timings['total']:.1f}s)"
     )
-
-
-def _bad_chat(value: str) -> str:
-    raise UserError(f"--chat-template must be 'base' or 'new', not {value!r}")
 
 
 @app.command()
@@ -118,28 +103,16 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
-    from transplant.inputs.corpus import load_corpus
-    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
-    from transplant.progress import progress_bars
+    from transplant import api
     from transplant.evaluation.report import pair_grid
+    from transplant.progress import progress_bars
 
-    docs = load_corpus(corpus, max_docs)
-    config = EvalConfig(batch_size=batch_size, max_length=max_length)
-    evaluations = {}
     with progress_bars(console) as progress:
-        for label, ref in (("base", base), ("new", model)):
-            loaded, tokenizer = load_model(ref, device)
-            evaluations[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref))
-            del loaded
-    out_console.print(pair_grid(evaluations["new"], evaluations["base"]).to_rich())
+        result = api.evaluate(model, base, corpus, max_docs=max_docs, batch_size=batch_size, max_length=max_length,
+                              device=device, progress=progress)
+    out_console.print(pair_grid(result.new, result.base).to_rich())
     if json_out is not None:
-        record = {
-            "corpus": str(corpus),
-            "ratio": ppl_ratio(evaluations["new"], evaluations["base"]),
-            "base": evaluations["base"].to_dict(),
-            "new": evaluations["new"].to_dict(),
-        }
-        json_out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        json_out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}")
 
 
@@ -160,20 +133,15 @@ def compare(
     device: str = typer.Option("cpu", "--device", help="Where the methods compute and the models are scored (cpu, cuda)."),
 ) -> None:
     """Transplant BASE with each method, score all on one corpus, rank by perplexity ratio."""
-    from transplant.evaluation.compare import CompareConfig
-    from transplant.evaluation.compare import compare as run_compare
-    from transplant.evaluation.evaluate import EvalConfig
-    from transplant.progress import progress_bars
+    from transplant import api
     from transplant.evaluation.report import ranking_grid
+    from transplant.progress import progress_bars
 
-    names = tuple(m.strip() for m in methods.split(",") if m.strip())
-    if len(set(names)) != len(names):
-        raise UserError(f"--methods lists a method twice: {methods}")
-    config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=corpus, out=out, donor=donor,
-                           max_docs=max_docs, seed=seed, force=force, device=device,
-                           scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
+    names = [m.strip() for m in methods.split(",") if m.strip()]
     with progress_bars(console) as progress:
-        result = run_compare(config, log=lambda line: console.print(line, highlight=False), progress=progress)
+        result = api.compare(base, tokenizer, names, corpus, out, donor=donor, max_docs=max_docs, batch_size=batch_size,
+                             max_length=max_length, seed=seed, force=force, device=device,
+                             log=lambda line: console.print(line, highlight=False), progress=progress)
     out_console.print(ranking_grid(result.base, result.results).to_rich())
     console.print("wrote " + ", ".join(str(p) for p in result.report))
 
@@ -196,14 +164,12 @@ def train(
     force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run."),
 ) -> None:
     """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
-    from transplant.training.continued import load_train_config
-    from transplant.training.continued import train as run_training
+    from transplant import api
 
-    cfg = load_train_config(config, recipe, model=model, corpus=corpus, out=out, eval_corpus=eval_corpus, steps=steps,
-                            stage2_steps=stage2_steps, objective=objective, eval_every=eval_every, eval_docs=max_docs,
-                            resume=resume or None, force=force or None)
-    run_training(cfg)
-    console.print(f"wrote [bold]{cfg.out}[/] (log: {cfg.run_path})")
+    result = api.train(model, corpus, out, config=config, recipe=recipe, eval_corpus=eval_corpus, steps=steps,
+                       stage2_steps=stage2_steps, objective=objective, eval_every=eval_every, eval_docs=max_docs,
+                       resume=resume or None, force=force or None)
+    console.print(f"wrote [bold]{result.out}[/] (log: {result.run_dir})")
 
 
 @app.command()
@@ -236,23 +202,12 @@ def hypernet_train(
     force: bool = typer.Option(False, "--force", help="Start over in an HN_DIR that holds an earlier run."),
 ) -> None:
     """Train a hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""
-    import importlib
+    from transplant import hypernet
 
-    from transplant.training.loop import load_config
-
-    if kind not in HYPERNET_TRAINERS:
-        raise UserError(f"--kind must be one of {', '.join(HYPERNET_TRAINERS)}, not {kind!r}")
-    module_name, config_name = HYPERNET_TRAINERS[kind]
-    trainer = importlib.import_module(module_name)
-    cfg = load_config(getattr(trainer, config_name), config, base=base, corpus=corpus, vectors=vectors,
-                      train_vectors=train_vectors, out=out, eval_corpus=eval_corpus, steps=steps, objective=objective,
-                      resume=resume or None, force=force or None)
-    console.print(f"wrote hypernetwork [bold]{trainer.train(cfg)}[/] (apply: --method {kind} --hypernet DIR)")
-
-
-# --kind -> (trainer module, its config class); the module's train(cfg) writes HN_DIR
-HYPERNET_TRAINERS = {"zett": ("transplant.hypernet.train", "HypernetTrainConfig"),
-                     "hyperofa": ("transplant.hypernet.hyperofa_train", "HyperOfaTrainConfig")}
+    hn_dir = hypernet.train(base, out, kind=kind, corpus=corpus, config=config, vectors=vectors,
+                            train_vectors=train_vectors, eval_corpus=eval_corpus, steps=steps, objective=objective,
+                            resume=resume or None, force=force or None)
+    console.print(f"wrote hypernetwork [bold]{hn_dir}[/] (apply: --method {kind} --hypernet DIR)")
 
 
 @models_app.command("list")

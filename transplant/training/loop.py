@@ -1,6 +1,6 @@
 """What every training loop here needs: corpus streaming, packing, schedule, and the loop.
 
-Two trainers use this module (the hypernetwork of :mod:`transplant.hypernet.train` and continued
+Two trainers use this module (the hypernetwork of :mod:`transplant.hypernet.zett_train` and continued
 pretraining of a transplanted model); each supplies a :class:`Task` — its trainable module,
 its examples and its loss — and :func:`fit` runs the same loop for both on ``accelerate``:
 one process by default, many under ``accelerate launch`` with nothing home-made for

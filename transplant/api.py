@@ -1,0 +1,129 @@
+"""The Python API: what the command line does, as functions with typed results.
+
+    import transplant
+
+    done = transplant.model("smollm2-135m", "gemma3-270m", "out/smollm2-gemma3", method="omp")
+    scores = transplant.evaluate(done.out, base="smollm2-135m", corpus="dev.jsonl")
+    print(scores.ratio["overall"])                       # 1.0 = as good as the base
+    trained = transplant.train(done.out, corpus=["train.jsonl"], out="out/trained", objective="alm")
+    hn_dir = transplant.hypernet.train("smollm2-135m", "out/hn", corpus=["train.jsonl"], steps=200)
+
+Each function checks its inputs before any model loads and raises
+:class:`transplant.errors.UserError` (one line) for a mistake; the CLI prints that line.
+Nothing heavy is imported until a function runs, so ``import transplant`` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transplant.evaluation.compare import Comparison
+    from transplant.evaluation.evaluate import Evaluation
+    from transplant.pipeline import TransplantResult
+    from transplant.progress import Stages
+
+ScoringProgress = Callable[[str], Callable[[int, int], None]]  # model label -> (done, total) callback
+
+
+def model(base: str, tokenizer: str, out: str | Path, *, method: str = "subword",
+          options: Mapping[str, Any] | None = None, donor: str | None = None, seed: int = 0, device: str = "cpu",
+          chat_template: str = "base", pad_to_multiple_of: int = 1, force: bool = False,
+          allow_pickle: bool = False, stages: Stages | None = None) -> TransplantResult:
+    """Give ``base`` the tokenizer ``tokenizer`` and write the checkpoint to ``out``.
+
+    ``options`` are the method's own (``transplant methods`` lists them), e.g.
+    ``{"k": 32}`` for ``omp``. The result holds the output path, the row counts (copied /
+    initialized / special) and the timings; ``out/transplant.json`` records everything."""
+    from transplant.errors import UserError
+    from transplant.pipeline import TransplantConfig, transplant
+
+    if chat_template not in ("base", "new"):
+        raise UserError(f"chat_template must be 'base' or 'new', not {chat_template!r}")
+    config = TransplantConfig(base=base, tokenizer=tokenizer, out=Path(out), method=method, options=dict(options or {}),
+                              donor=donor, seed=seed, force=force, allow_pickle=allow_pickle, device=device,
+                              chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of)
+    return transplant(config, stages)
+
+
+@dataclass
+class PairEvaluation:
+    """A model and its base scored on the same documents; ``ratio`` per group and overall is
+    byte-level perplexity(model) / perplexity(base): 1.0 is lossless, lower is better."""
+
+    corpus: str
+    base: Evaluation
+    new: Evaluation
+    ratio: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"corpus": self.corpus, "ratio": self.ratio, "base": self.base.to_dict(), "new": self.new.to_dict()}
+
+
+def evaluate(model: str | Path, base: str, corpus: str | Path, *, max_docs: int | None = None, batch_size: int = 8,
+             max_length: int = 1024, device: str = "cpu", progress: ScoringProgress | None = None) -> PairEvaluation:
+    """Score ``model`` and ``base`` on ``corpus`` (.txt or .jsonl with ``lang``/``domain``)."""
+    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
+    from transplant.inputs.corpus import load_corpus
+
+    docs = load_corpus(corpus, max_docs)
+    config = EvalConfig(batch_size=batch_size, max_length=max_length)
+    scores = {}
+    for label, ref in (("base", base), ("new", str(model))):
+        loaded, tokenizer = load_model(ref, device)
+        scores[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref) if progress else None)
+        del loaded
+    return PairEvaluation(str(corpus), scores["base"], scores["new"], ppl_ratio(scores["new"], scores["base"]))
+
+
+def compare(base: str, tokenizer: str, methods: Sequence[str], corpus: str | Path, out: str | Path, *,
+            donor: str | None = None, max_docs: int | None = None, batch_size: int = 8, max_length: int = 1024,
+            seed: int = 0, force: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
+            progress: ScoringProgress | None = None) -> Comparison:
+    """Transplant ``base`` with each of ``methods`` (``"omp:k=8"`` sets an option), score every
+    result and the base on ``corpus``, and write ``out/report.{md,json}`` and ``out/ratio.png``."""
+    from transplant.errors import UserError
+    from transplant.evaluation.compare import CompareConfig
+    from transplant.evaluation.compare import compare as run_compare
+    from transplant.evaluation.evaluate import EvalConfig
+
+    names = tuple(methods)
+    if not names or len(set(names)) != len(names):
+        raise UserError(f"methods must name each method once, got {', '.join(names) or 'none'}")
+    config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=Path(corpus), out=Path(out),
+                           donor=donor, max_docs=max_docs, seed=seed, force=force, device=device,
+                           scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
+    return run_compare(config, log=log, progress=progress)
+
+
+@dataclass
+class TrainResult:
+    """Where continued pretraining wrote its checkpoint and its run (log, checkpoints), and
+    per stage the steps, tokens and first/last evaluation (also in ``out/transplant.json``)."""
+
+    out: Path
+    run_dir: Path
+    stages: list[dict[str, Any]]
+
+
+def train(model: str | Path | None = None, corpus: Sequence[str | Path] | None = None, out: str | Path | None = None, *,
+          config: str | Path | None = None, recipe: str | Path | None = None, **settings: Any) -> TrainResult:
+    """Continued pretraining of a transplanted ``model`` (stage 1: its new rows; stage 2 with
+    ``stage2_steps``: every weight). ``settings`` are the fields of
+    :class:`transplant.training.continued.ContinuedConfig` (``steps``, ``lr``,
+    ``objective="alm"``, ``eval_corpus``, …) and win over ``config`` / ``recipe`` YAML."""
+    import json
+
+    from transplant.training.continued import load_train_config
+    from transplant.training.continued import train as run_training
+
+    cfg = load_train_config(None if config is None else Path(config), None if recipe is None else Path(recipe),
+                            model=None if model is None else str(model),
+                            corpus=None if corpus is None else [str(c) for c in corpus],
+                            out=None if out is None else str(out), **settings)
+    run_training(cfg)
+    record = json.loads((Path(cfg.out) / "transplant.json").read_text())
+    return TrainResult(Path(cfg.out), cfg.run_path, record["training"]["stages"])
