@@ -17,6 +17,8 @@ from transplant.errors import UserError
 CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."
 MAX_DOCS_HELP = "Keep the first N documents of each group (lang/domain)."
 BATCH_HELP = "Windows per forward pass (also capped so logits stay under 1 GiB)."
+PICKLE_HELP = "Allow reading .bin pickle checkpoints (unpickling can run code: only files you trust)."
+REMOTE_CODE_HELP = "Let a model or tokenizer directory's auto_map import its own Python files (only ones you trust)."
 LENGTH_HELP = "Window length in tokens; longer documents are scored in overlapping windows."
 
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
@@ -58,7 +60,8 @@ def model(
     pad_to_multiple_of: int = typer.Option(1, "--pad-to-multiple-of", help="Pad the vocabulary rows to a multiple (zero rows)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe naming base, tokenizer, donor, method, options, seed, out."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow reading .bin pickle checkpoints."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Transplant BASE onto the tokenizer NEW. Method options are flags too (e.g. --k 32)."""
@@ -86,6 +89,7 @@ def model(
         seed=seed if seed is not None else spec.seed or 0,
         force=force,
         allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
         device=device,
         chat_template=chat_template if chat_template in ("base", "new") else _bad_chat(chat_template),
         pad_to_multiple_of=pad_to_multiple_of,
@@ -116,19 +120,26 @@ def evaluate(
     max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
     device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
     from transplant.inputs.corpus import load_corpus
     from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
     from transplant.progress import progress_bars
     from transplant.evaluation.report import pair_grid
+    from transplant.io.sources import resolve_model
+    from transplant.io.trust import Trust
 
     docs = load_corpus(corpus, max_docs)
     config = EvalConfig(batch_size=batch_size, max_length=max_length)
+    trust = Trust(remote_code=trust_remote_code, pickle=allow_pickle)
+    for ref in (base, model):  # both are checked before either is scored
+        resolve_model(ref, trust)
     evaluations = {}
     with progress_bars(console) as progress:
         for label, ref in (("base", base), ("new", model)):
-            loaded, tokenizer = load_model(ref, device)
+            loaded, tokenizer = load_model(ref, device, trust)
             evaluations[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref))
             del loaded
     out_console.print(pair_grid(evaluations["new"], evaluations["base"]).to_rich())
@@ -158,6 +169,7 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Seed passed to every method."),
     force: bool = typer.Option(False, "--force", help="Redo transplants whose output already exists."),
     device: str = typer.Option("cpu", "--device", help="Where the methods compute and the models are scored (cpu, cuda)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Transplant BASE with each method, score all on one corpus, rank by perplexity ratio."""
     from transplant.evaluation.compare import CompareConfig
@@ -170,7 +182,7 @@ def compare(
     if len(set(names)) != len(names):
         raise UserError(f"--methods lists a method twice: {methods}")
     config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=corpus, out=out, donor=donor,
-                           max_docs=max_docs, seed=seed, force=force, device=device,
+                           max_docs=max_docs, seed=seed, force=force, device=device, trust_remote_code=trust_remote_code,
                            scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
     with progress_bars(console) as progress:
         result = run_compare(config, log=lambda line: console.print(line, highlight=False), progress=progress)
@@ -193,6 +205,7 @@ def train(
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
     force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
     from transplant.training.continued import load_train_config
@@ -200,7 +213,7 @@ def train(
 
     cfg = load_train_config(config, recipe, model=model, corpus=corpus, out=out, eval_corpus=eval_corpus, steps=steps,
                             stage2_steps=stage2_steps, eval_every=eval_every, eval_docs=max_docs,
-                            resume=resume or None, force=force or None)
+                            resume=resume or None, force=force or None, trust_remote_code=trust_remote_code or None)
     run_training(cfg)
     console.print(f"wrote [bold]{cfg.out}[/] (log: {cfg.run_path})")
 

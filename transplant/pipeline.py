@@ -21,6 +21,7 @@ from transplant.options import build_options
 from transplant.progress import Stages
 from transplant.io.sources import resolve_model
 from transplant.io.tokenizer import load_tokenizer
+from transplant.io.trust import Trust
 from transplant.vocab.matching import VocabMatch, match_vocabularies
 
 
@@ -35,9 +36,14 @@ class TransplantConfig:
     seed: int = 0
     force: bool = False
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     device: str = "cpu"
     chat_template: ChatMode = "base"
     pad_to_multiple_of: int = 1
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(remote_code=self.trust_remote_code, pickle=self.allow_pickle)
 
 
 @dataclass
@@ -64,13 +70,13 @@ def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -
 def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> tuple[Path, Embeddings]:
     ref = cfg.donor or cfg.tokenizer
     try:
-        directory = resolve_model(ref, cfg.allow_pickle)
+        directory = resolve_model(ref, cfg.trust)
     except UserError as e:
         if cfg.donor is None:
             raise UserError(f"method {cfg.method!r} needs a donor model whose tokenizer is the new one (--donor)") from e
         raise
-    _check_donor(AutoTokenizer.from_pretrained(directory), new)
-    return directory, read_embeddings(directory)
+    _check_donor(AutoTokenizer.from_pretrained(directory, **cfg.trust.code_kwargs()), new)
+    return directory, read_embeddings(directory, cfg.trust)
 
 
 def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -109,12 +115,12 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     device = torch.device(cfg.device)
 
     with stages.run("loading base model"):
-        base_dir = resolve_model(cfg.base, cfg.allow_pickle)
-        base_tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        embeddings = read_embeddings(base_dir)
+        base_dir = resolve_model(cfg.base, cfg.trust)
+        base_tokenizer = AutoTokenizer.from_pretrained(base_dir, **cfg.trust.code_kwargs())
+        embeddings = read_embeddings(base_dir, cfg.trust)
         _check_base(base_tokenizer, embeddings)
     with stages.run("loading new tokenizer"):
-        new_tokenizer = load_tokenizer(cfg.tokenizer)
+        new_tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust)
     donor_dir, donor = None, None
     if method_cls.needs_donor:
         with stages.run("loading donor"):
@@ -136,6 +142,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         progress=stages.progress,
         base_dir=base_dir,
         donor_dir=donor_dir,
+        trust=cfg.trust,
     )
     method = method_cls()
     replace = {}
@@ -173,6 +180,6 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     running = {writing: time.perf_counter(), "total": started}
     with stages.run(writing):
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
-               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized)
+               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))

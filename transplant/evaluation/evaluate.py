@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from transplant.inputs.corpus import Document
 from transplant.errors import UserError
+from transplant.io.trust import Trust
 
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
 
@@ -238,13 +239,13 @@ def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
     return ratios
 
 
-def load_model(ref: str, device: str = "cpu"):
+def load_model(ref: str, device: str = "cpu", trust: Trust = Trust()):
     """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32,
-    eval mode, on ``device`` (scoring runs where the model is)."""
+    eval mode, on ``device`` (scoring runs where the model is); code and pickle only as ``trust`` allows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transplant.io.sources import resolve_model
 
-    path = resolve_model(ref)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    path = resolve_model(ref, trust)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **trust.model_kwargs()).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path, **trust.code_kwargs())

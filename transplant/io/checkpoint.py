@@ -22,6 +22,7 @@ from transplant.io.atomic import atomic_path
 from transplant.vocab.chat import end_of_turn_ids
 from transplant.errors import UserError
 from transplant.io.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
+from transplant.io.trust import Trust
 
 
 # One bool per embedding row, True where a method initialized it. A side file, not a list
@@ -44,17 +45,14 @@ class Embeddings:
         return self.output is None
 
 
-def weight_files(directory: Path) -> dict[str, Path]:
-    """Tensor name -> file holding it, for single-file and sharded checkpoints alike."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = directory / index_name
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return {name: directory / file for name, file in weight_map.items()}
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / single).exists():
-            return {name: directory / single for name in _tensor_names(directory / single)}
-    raise UserError(f"{directory}: no model.safetensors or pytorch_model.bin")
+def weight_files(directory: Path, trust: Trust = Trust()) -> dict[str, Path]:
+    """Tensor name -> file holding it, for single-file and sharded checkpoints alike; only
+    the model's own safetensors unless ``trust`` allows pickle."""
+    source = trust.weights_file(directory)
+    if source.name.endswith(".index.json"):
+        weight_map = json.loads(source.read_text())["weight_map"]
+        return {name: directory / file for name, file in weight_map.items()}
+    return {name: source for name in _tensor_names(source)}
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -96,11 +94,11 @@ class EmbeddingNames:
     tied: bool  # the config (or the class) shares lm_head with the input embeddings
 
 
-def embedding_names(directory: Path) -> EmbeddingNames:
+def embedding_names(directory: Path, trust: Trust = Trust()) -> EmbeddingNames:
     """The model class built on the meta device (no weights) says which tensors are embeddings."""
-    config = AutoConfig.from_pretrained(directory)
+    config = AutoConfig.from_pretrained(directory, **trust.code_kwargs())
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, **trust.code_kwargs())
     modules = {id(module): name for name, module in model.named_modules()}
     input_module = model.get_input_embeddings()
     output_module = model.get_output_embeddings()
@@ -110,7 +108,7 @@ def embedding_names(directory: Path) -> EmbeddingNames:
     return EmbeddingNames(f"{modules[id(input_module)]}.weight", output, tied)
 
 
-def read_embeddings(directory: Path) -> Embeddings:
+def read_embeddings(directory: Path, trust: Trust = Trust()) -> Embeddings:
     """Load just the embedding (and untied lm_head) tensors of a checkpoint.
 
     A tied config whose files also hold lm_head is read the way transformers loads it: a
@@ -118,8 +116,8 @@ def read_embeddings(directory: Path) -> Embeddings:
     :func:`write_weights`); a different one is a head of its own, which transformers keeps
     untied, so it is transplanted like any untied lm_head.
     """
-    files = weight_files(directory)
-    names = embedding_names(directory)
+    files = weight_files(directory, trust)
+    names = embedding_names(directory, trust)
     if names.input not in files:
         raise UserError(f"{directory}: checkpoint has no tensor {names.input!r}")
     rows = _read_tensor(files[names.input], names.input)
@@ -143,17 +141,17 @@ def _base_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]
     return [torch_tensor(name, replace[name]) if name in replace else copied[name] for name in names]
 
 
-def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor]) -> None:
+def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor], trust: Trust = Trust()) -> None:
     """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time.
 
     A tied model's lm_head copy that was not replaced (a copy of the old embeddings, see
     :func:`read_embeddings`) is left out: tied, the model reads its head from the new
     embeddings, and a copy with the old vocabulary size would not load.
     """
-    names = embedding_names(base_dir)
+    names = embedding_names(base_dir, trust)
     stale = {names.output} if names.tied and names.output != names.input and names.output not in replace else set()
     shards: dict[Path, list[str]] = {}
-    for name, path in weight_files(base_dir).items():
+    for name, path in weight_files(base_dir, trust).items():
         if name not in stale:
             shards.setdefault(path, []).append(name)
     write_shards(out_dir, [_base_tensors(path, shard, replace) for path, shard in shards.items()])
@@ -164,13 +162,13 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
 
 
 def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
-                 base_tokenizer: PreTrainedTokenizerBase) -> None:
+                 base_tokenizer: PreTrainedTokenizerBase, trust: Trust = Trust()) -> None:
     """config.json and generation_config.json with the new vocabulary size and special ids.
 
     The generation config keeps every id the base stopped on, carried over to the new ids
     (see :func:`transplant.vocab.chat.end_of_turn_ids`), not just the one eos of config.json.
     """
-    config = AutoConfig.from_pretrained(base_dir)
+    config = AutoConfig.from_pretrained(base_dir, **trust.code_kwargs())
     try:
         generation = GenerationConfig.from_pretrained(base_dir)
     except OSError:
@@ -198,6 +196,7 @@ def export(
     record: Callable[[], dict[str, Any]],
     force: bool = False,
     initialized: torch.Tensor | None = None,
+    trust: Trust = Trust(),
 ) -> Path:
     """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.io.atomic`):
     an interrupted run never leaves a half-written OUT, and never destroys an existing one.
@@ -209,8 +208,8 @@ def export(
         raise UserError(f"{out} exists; pass --force to replace it")
     with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
-        write_weights(base_dir, tmp, replace)
-        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer)
+        write_weights(base_dir, tmp, replace, trust)
+        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer, trust)
         tokenizer.save_pretrained(tmp)
         if initialized is not None:
             save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from transplant.errors import UserError
 from transplant.io.sources import resolve_model
+from transplant.io.trust import Trust
 
 
 def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -28,7 +29,7 @@ def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         raise UserError(f"{path}: not a SentencePiece model") from e
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(path, Path(tmp) / "tokenizer.model")
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
     roles = {"bos": processor.bos_id(), "eos": processor.eos_id(), "pad": processor.pad_id(), "unk": processor.unk_id()}
     tokenizer.add_special_tokens(
         {f"{role}_token": processor.id_to_piece(i) for role, i in roles.items() if 0 <= i < processor.get_piece_size()}
@@ -87,9 +88,9 @@ def _with_roles(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(ref: str, trust: Trust = Trust()) -> PreTrainedTokenizerBase:
     """A tokenizer from a directory, tokenizer.json, SentencePiece .model, .gguf, a model
-    reference or a packaged name."""
+    reference or a packaged name; a directory whose code ``trust`` does not allow is refused."""
     from transformers import PreTrainedTokenizerFast
 
     path = Path(ref).expanduser()
@@ -99,11 +100,12 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
         if path.is_file() and path.suffix == ".json":
             return _with_roles(PreTrainedTokenizerFast(tokenizer_file=str(path)))
         if path.is_file() and path.suffix == ".gguf":
-            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         if path.is_file():
             raise UserError(f"{path} is not a tokenizer (expected a directory, tokenizer.json, .model or .gguf)")
-        directory = path if path.is_dir() else resolve_model(ref)
-        return AutoTokenizer.from_pretrained(directory)
+        directory = path if path.is_dir() else resolve_model(ref, trust)
+        trust.check_code(directory)
+        return AutoTokenizer.from_pretrained(directory, **trust.code_kwargs())
     except UserError:
         raise
     except Exception as e:  # tokenizer loaders raise many types for a file that is not theirs

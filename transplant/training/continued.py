@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE
+from transplant.io.trust import Trust
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document, check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
@@ -55,6 +56,7 @@ class ContinuedConfig(TrainConfig):
     run_dir: str = ""  # checkpoints, logs, cached base scores; "" = OUT.run next to OUT
     resume: bool = False
     force: bool = False
+    trust_remote_code: bool = False  # let the model's and the base's auto_map import their Python files
     rows: Literal["new", "all"] = "new"  # stage 1 trains the initialized rows only, or whole matrices
     weight_decay: float = 0.0  # decay shrinks whole matrices, copied rows too: only with rows: all
     # Embedding rows of tokens absent from a batch get only the softmax's push-down, ~200x
@@ -94,6 +96,10 @@ class ContinuedConfig(TrainConfig):
         run = self.run_path
         if run.exists() and any(run.iterdir()) and not (self.resume or self.force):
             raise UserError(f"{run} holds an earlier run; pass --resume to continue it or --force to start over")
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(remote_code=self.trust_remote_code)
 
     @property
     def run_path(self) -> Path:
@@ -153,7 +159,8 @@ class Transplanted:
 
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     directory = Path(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    cfg.trust.check_code(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
     stored = model.config.dtype
     dtype = getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
     initialized = None
@@ -163,7 +170,8 @@ def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
         if initialized.shape != (rows,):
             raise UserError(f"{directory}: {INITIALIZED_FILE} has {len(initialized)} rows, the model {rows}")
     record = json.loads((directory / "transplant.json").read_text())
-    return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **cfg.trust.code_kwargs())
+    return Transplanted(model, tokenizer, record, initialized, dtype)
 
 
 def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
@@ -268,7 +276,7 @@ def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], confi
            "length": cfg.eval_length, "precision": accelerator.mixed_precision}
     if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
         return Evaluation(base, {g: Score(**s) for g, s in saved["groups"].items()})
-    model, tokenizer = load_model(base)
+    model, tokenizer = load_model(base, trust=cfg.trust)
     with accelerator.autocast():
         evaluation = evaluate_model(model.to(accelerator.device), tokenizer, docs, base, config)
     del model
