@@ -96,7 +96,7 @@ def model(
     )
     result = transplant(config, Stages(console=None if as_json else console))
     if as_json:
-        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}))
+        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}, allow_nan=False))
         return
     c = result.counts
     console.print(
@@ -150,7 +150,7 @@ def evaluate(
             "base": evaluations["base"].to_dict(),
             "new": evaluations["new"].to_dict(),
         }
-        json_out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        json_out.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}")
 
 

@@ -225,7 +225,10 @@ def evaluate_model(
 ) -> Evaluation:
     """Per-group scores of `model` on `docs`, groups in order of first appearance."""
     groups: dict[str, Score] = {}
-    for doc, score in zip(docs, score_documents(model, tokenizer, docs, config, progress), strict=True):
+    for number, (doc, score) in enumerate(zip(docs, score_documents(model, tokenizer, docs, config, progress),
+                                              strict=True), 1):
+        if not math.isfinite(score.nll):
+            raise UserError(f"{name}: the loss is not finite on document {number} (NaN or infinite weights?)")
         groups.setdefault(doc.group, Score()).add(score)
     return Evaluation(name, groups)
 

@@ -213,5 +213,5 @@ def export(
         tokenizer.save_pretrained(tmp)
         if initialized is not None:
             save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)
-        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str))
+        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str, allow_nan=False))
     return out

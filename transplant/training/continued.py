@@ -282,7 +282,7 @@ def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], confi
     del model
     groups = {g: dataclasses.asdict(s) for g, s in evaluation.groups.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "groups": groups}, indent=2))
+    cache.write_text(json.dumps({"key": key, "groups": groups}, indent=2, allow_nan=False))
     return evaluation
 
 
@@ -313,7 +313,7 @@ def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedC
         loaded.tokenizer.save_pretrained(tmp)
         if (Path(cfg.model) / INITIALIZED_FILE).is_file():
             shutil.copy(Path(cfg.model) / INITIALIZED_FILE, tmp / INITIALIZED_FILE)
-        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
+        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
 
 
 # --- the run -----------------------------------------------------------------------------
