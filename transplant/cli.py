@@ -125,21 +125,26 @@ def evaluate(
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
     from transplant.inputs.corpus import load_corpus
-    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
+    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_weights, open_model, ppl_ratio
     from transplant.progress import progress_bars
+    from transplant.device import resolve_device
     from transplant.evaluation.report import pair_grid
-    from transplant.io.sources import resolve_model
+    from transplant.io.outputs import check_output_file
     from transplant.io.trust import Trust
 
+    resolve_device(device)
+    if json_out is not None:
+        check_output_file(json_out)
     docs = load_corpus(corpus, max_docs)
     config = EvalConfig(batch_size=batch_size, max_length=max_length)
     trust = Trust(remote_code=trust_remote_code, pickle=allow_pickle)
-    for ref in (base, model):  # both are checked before either is scored
-        resolve_model(ref, trust)
+    refs = {"base": base, "new": model}
+    opened = {label: open_model(ref, trust) for label, ref in refs.items()}  # both checked before either is scored
     evaluations = {}
     with progress_bars(console) as progress:
-        for label, ref in (("base", base), ("new", model)):
-            loaded, tokenizer = load_model(ref, device, trust)
+        for label, ref in refs.items():
+            path, tokenizer = opened[label]
+            loaded = load_weights(path, device, trust)
             evaluations[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref))
             del loaded
     out_console.print(pair_grid(evaluations["new"], evaluations["base"]).to_rich())

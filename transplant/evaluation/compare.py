@@ -30,6 +30,8 @@ from transplant.methods import registry
 from transplant.options import build_options
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.evaluation.report import write_report
+from transplant.device import resolve_device
+from transplant.io.outputs import check_output_dir
 from transplant.io.tokenizer import load_tokenizer
 from transplant.io.trust import Trust
 
@@ -68,6 +70,8 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
     for spec in cfg.methods:  # unknown methods and bad options fail before any work starts
         name, options = parse_variant(spec)
         build_options(registry.get(name).Options, options)
+    resolve_device(cfg.device)
+    check_output_dir(cfg.out)
     load_tokenizer(cfg.tokenizer, Trust(remote_code=cfg.trust_remote_code))  # a bad NEW fails before any scoring
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")

@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.inputs.corpus import Document
 from transplant.errors import UserError
@@ -242,13 +244,30 @@ def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
     return ratios
 
 
-def load_model(ref: str, device: str = "cpu", trust: Trust = Trust()):
-    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32,
-    eval mode, on ``device`` (scoring runs where the model is); code and pickle only as ``trust`` allows."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def open_model(ref: str, trust: Trust = Trust()) -> tuple[Path, PreTrainedTokenizerBase]:
+    """The directory and tokenizer of a model reference (HF dir, .gguf, hub id, packaged
+    name), checked without loading the weights: its files (see
+    :func:`transplant.io.sources.resolve_model`) and that every token id has a row. So a
+    caller scoring two models can refuse either before scoring the first."""
+    from transplant.io.checkpoint import model_config
     from transplant.io.sources import resolve_model
+    from transplant.io.tokenizer import check_fits, load_tokenizer
 
     path = resolve_model(ref, trust)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **trust.model_kwargs()).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path, **trust.code_kwargs())
+    tokenizer = load_tokenizer(str(path), trust)
+    check_fits(tokenizer, model_config(path, trust).get_text_config().vocab_size, ref)
+    return path, tokenizer
+
+
+def load_weights(path: Path, device: str = "cpu", trust: Trust = Trust()) -> PreTrainedModel:
+    """The model in an opened directory (see :func:`open_model`): float32, eval mode, on
+    ``device`` (scoring runs where the model is); code and pickle only as ``trust`` allows."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **trust.model_kwargs()).to(device).eval()
+
+
+def load_model(ref: str, device: str = "cpu", trust: Trust = Trust()) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a model reference: :func:`open_model`, then :func:`load_weights`."""
+    path, tokenizer = open_model(ref, trust)
+    return load_weights(path, device, trust), tokenizer

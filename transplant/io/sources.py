@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from transplant.io.cache import cache_dir
+from transplant.io.checkpoint import check_checkpoint
 from transplant.errors import UserError
 from transplant.io.gguf import gguf_to_hf
 from transplant.io.packaged import PACKAGED, pull_gguf
@@ -24,9 +25,11 @@ def _gguf_cache_key(path: Path) -> str:
 
 
 def _check_directory(directory: Path, trust: Trust) -> Path:
-    """A model directory whose code and weights ``trust`` allows loading (see :mod:`transplant.io.trust`)."""
+    """A model directory whose code and weights ``trust`` allows loading (see
+    :mod:`transplant.io.trust`), with a config and weight files that agree (see
+    :func:`transplant.io.checkpoint.check_checkpoint`): checked before any work starts."""
     trust.check_code(directory)
-    trust.weights_file(directory)
+    check_checkpoint(directory, trust)
     return directory
 
 

@@ -31,10 +31,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE
+from transplant.io.outputs import check_output_dir
+from transplant.io.tokenizer import load_tokenizer
 from transplant.io.trust import Trust
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document, check_corpora, load_corpus
@@ -91,6 +93,8 @@ class ContinuedConfig(TrainConfig):
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
+        for output in (Path(self.out), self.run_path):
+            check_output_dir(output)
         if Path(self.out).exists() and not self.force:
             raise UserError(f"{self.out} exists; pass --force to replace it")
         run = self.run_path
@@ -170,7 +174,7 @@ def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
         if initialized.shape != (rows,):
             raise UserError(f"{directory}: {INITIALIZED_FILE} has {len(initialized)} rows, the model {rows}")
     record = json.loads((directory / "transplant.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(directory, **cfg.trust.code_kwargs())
+    tokenizer = load_tokenizer(str(directory), cfg.trust)
     return Transplanted(model, tokenizer, record, initialized, dtype)
 
 
