@@ -1,4 +1,5 @@
-"""Peak RSS of what streams: a transplant (embeddings + one shard) and a GGUF conversion (one tensor).
+"""Peak RSS of what streams: a transplant (embeddings + one shard), a GGUF conversion (one
+tensor) and an evaluation (one piece of a long document).
 
 ``transplant``: builds random llamas of growing depth (up to ~870 MB of float32 weights in
 100 MB shards) with the same embeddings, transplants each onto a SentencePiece tokenizer in a
@@ -10,7 +11,13 @@ a child process twice: the way before issue 9 (transformers loads the whole dequ
 a fresh model takes its state dict, ``save_pretrained``) and tensor by tensor
 (:func:`transplant.io.gguf.gguf_to_hf`). The old way needs ~10 GB of RAM.
 
-Run: ``python benchmarks/memory.py [transplant|gguf]`` (both by default).
+``evaluate``: ``transplant evaluate`` (a tiny random llama with a 2,000-token byte-level BPE,
+scored against itself) on a corpus of one 5 MB and one 50 MB line, in a child process each:
+peak RSS and time. Before issue 22 the whole line was tokenized at once and every window
+made up front (50 MB: 6.6 GB); now it is read in pieces and its windows made a batch at a
+time.
+
+Run: ``python benchmarks/memory.py [transplant|gguf|evaluate]`` (all by default).
 """
 
 from __future__ import annotations
@@ -162,9 +169,44 @@ def gguf_conversion() -> None:
             shutil.rmtree(out)
 
 
+def write_one_line(path: Path, megabytes: int, text: str) -> int:
+    """A one-line document of ``megabytes`` MB made of ``text``'s words; returns its bytes."""
+    words = text.split()
+    chunk = " ".join(words).encode() + b" "
+    written = 0
+    with path.open("wb") as f:
+        while written + len(chunk) < megabytes * 10**6:
+            f.write(chunk)
+            written += len(chunk)
+        f.write(b"end\n")
+    return written + 4
+
+
+def evaluate_lengths() -> None:
+    from conftest import bpe_tokenizer, make_text, tiny_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        corpus = root / "corpus.txt"
+        corpus.write_text(make_text(lines=3000))
+        model = tiny_llama(bpe_tokenizer(corpus, vocab_size=2000), root / "model", tied=True, hidden=64)
+        print(f"{'document':>10}{'bytes':>14}{'peak RSS MiB':>14}{'seconds':>10}")
+        for megabytes in (5, 50):
+            doc = root / f"line-{megabytes}mb.txt"
+            size = write_one_line(doc, megabytes, make_text(seed=megabytes, lines=200))
+            cli = [sys.executable, "-m", "cli", "evaluate", str(model), "--base", str(model), "--corpus", str(doc),
+                   "--batch-size", "32"]
+            started = time.perf_counter()
+            peak = peak_rss_mb(cli)
+            print(f"{f'{megabytes} MB':>10}{size:>14,}{peak:>14.0f}{time.perf_counter() - started:>10.0f}", flush=True)
+        print("\nPeak RSS stays flat as the document grows: one piece and one batch of windows at a time.")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["transplant", "gguf"]
+    which = sys.argv[1:] or ["transplant", "gguf", "evaluate"]
     if "transplant" in which:
         transplant_sizes()
     if "gguf" in which:
         gguf_conversion()
+    if "evaluate" in which:
+        evaluate_lengths()

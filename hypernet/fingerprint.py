@@ -32,7 +32,7 @@ def save_directory(model: torch.nn.Module, config: Any, fmt: str, out: Path, ext
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
     record = {"format": fmt, "config": asdict(config), **(extra or {})}
-    (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (out / CONFIG_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def read_directory_config(directory: Path, fmt: str, config_cls: type[C], kind: str) -> C:

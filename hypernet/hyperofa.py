@@ -145,7 +145,7 @@ def predict(model: HyperOfaNetwork, sets: torch.Tensor, which: Which, batch_size
 def save_hyperofa(model: HyperOfaNetwork, words: Sequence[str], out: Path, extra: dict | None = None) -> None:
     """Write ``out/config.json``, ``out/model.safetensors`` (network + vectors), ``out/words.json``."""
     save_directory(model, model.config, FORMAT, out, extra)
-    (out / WORDS_FILE).write_text(json.dumps(list(words), ensure_ascii=False))
+    (out / WORDS_FILE).write_text(json.dumps(list(words), ensure_ascii=False, allow_nan=False))
 
 
 def read_config(directory: Path) -> HyperOfaConfig:

@@ -38,6 +38,7 @@ from transplant.inputs.corpus import check_corpora
 from transplant.errors import UserError
 from transplant.inputs.fasttext import FastTextOptions, load_vectors, train_vectors
 from transplant.io.sources import resolve_model
+from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
 from transplant.training.loop import StepOutput, config_dict, fit, make_accelerator
 
@@ -203,7 +204,7 @@ def train(cfg: HyperOfaTrainConfig) -> Path:
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg)
     base_dir = resolve_model(cfg.base)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, **Trust().code_kwargs())
     vocab = vocabulary(tokenizer)
     embeddings = read_embeddings(base_dir)
     base_input = embeddings.input.float()

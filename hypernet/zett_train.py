@@ -55,6 +55,7 @@ from transplant.errors import UserError
 from transplant.inputs.corpus import check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
 from transplant.io.sources import resolve_model
+from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
 from transplant.training.alm import ALMOutput, boundary_logprobs, boundary_token_mask, token_logprobs
 from transplant.training.distill import (
@@ -146,13 +147,14 @@ class HypernetTask:
     def __init__(self, cfg: HypernetTrainConfig, accelerator: Accelerator):
         self.cfg, self.accelerator = cfg, accelerator
         base_dir = resolve_model(cfg.base)
-        self.base_tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        self.base_tokenizer = AutoTokenizer.from_pretrained(base_dir, **Trust().code_kwargs())
         self.base_vocab = vocabulary(self.base_tokenizer)
         embeddings = read_embeddings(base_dir)
         base_input = embeddings.input.float()
         base_output = None if embeddings.output is None else embeddings.output.float()
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-        self.lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).eval().requires_grad_(False)
+        self.lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **Trust().model_kwargs())
+        self.lm.eval().requires_grad_(False)
         self.lm.to(accelerator.device)
         self.softcap = getattr(self.lm.config, "final_logit_softcapping", None)
         self.embed_scale = _embedding_scale(self.lm)

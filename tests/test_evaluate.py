@@ -20,8 +20,10 @@ from transplant.evaluation.evaluate import (
     EvalConfig,
     evaluate_model,
     make_windows,
+    pieces,
     ppl_ratio,
     score_documents,
+    score_windows,
 )
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly zebras".split()
@@ -320,3 +322,72 @@ def test_corpus_builder_split_is_disjoint_and_stable():
     assert build.split(list(reversed(texts)), 0.5, 1000) == first
     capped = build.split(texts, 0.5, 50)
     assert capped["dev"] == first["dev"][:50] and capped["test"] == first["test"][:50]
+
+
+# --- very long documents: cut at whitespace, windows made as they are scored ------------------
+
+
+def long_text(words: int, seed: int = 0) -> str:
+    """One line of ``words`` words (no blank line: one document)."""
+    return " ".join(WORDS[(seed + i * 7 + i // 5) % len(WORDS)] for i in range(words))
+
+
+def test_pieces_join_back_and_are_cut_before_whitespace():
+    text = long_text(400) + " " + "x" * 300 + "\nend"
+    cut = list(pieces(text, 100))
+    assert "".join(cut) == text
+    assert all(1 <= len(p) <= 100 for p in cut)
+    assert all(p[0].isspace() for p in cut[1:] if not p.startswith("x"))  # a cut leaves the space to the next word
+    assert list(pieces("short", 100)) == ["short"]
+
+
+def eager_scores(model, tok, texts: list[str], config: EvalConfig) -> list[tuple[float, int]]:
+    """(NLL, tokens) per text as evaluation has always defined them for documents that are not
+    cut: all texts tokenized at once, all windows made, sorted and scored together."""
+    max_length = min(config.max_length, model.config.max_position_embeddings)
+    overlap = max_length // 2 if config.overlap is None else config.overlap
+    encoded = tok(texts, add_special_tokens=False)["input_ids"]
+    windows = [w for i, ids in enumerate(encoded) for w in make_windows(i, [tok.bos_token_id, *ids], max_length, overlap)]
+    nll = [0.0] * len(texts)
+    for window, value in zip(windows, score_windows(model, windows, tok.pad_token_id, config)):
+        nll[window.doc] += value
+    return [(value, len(ids)) for value, ids in zip(nll, encoded)]
+
+
+def test_normal_documents_score_exactly_as_before(model, large_tok):
+    """Documents under piece_chars are scored bit for bit as before, a long one beside them or not."""
+    config = EvalConfig(batch_size=4, max_length=48, piece_chars=2000)
+    expected = eager_scores(model, large_tok, TEXTS, config)
+    for docs in (docs_of(TEXTS), docs_of([long_text(3000), *TEXTS])[1:], docs_of([*TEXTS, long_text(3000)])):
+        scores = score_documents(model, large_tok, docs, config)[: len(TEXTS)]
+        assert [(s.nll, s.tokens) for s in scores] == expected
+
+
+def test_long_document_is_scored_as_the_joined_tokens_of_its_pieces(model, large_tok):
+    """A document over piece_chars: its tokens are those of its pieces one after another, and
+    windows run over them as over any document's tokens (context crosses the cuts)."""
+    text = long_text(3000)
+    config = EvalConfig(batch_size=4, max_length=48, piece_chars=500)
+    (score,) = score_documents(model, large_tok, docs_of([text]), config)
+    ids = [i for p in pieces(text, 500) for i in large_tok(p, add_special_tokens=False)["input_ids"]]
+    windows = make_windows(0, [large_tok.bos_token_id, *ids], 48, 24)
+    assert len(list(pieces(text, 500))) > 20 and len(windows) > 50
+    assert score.tokens == len(ids) and score.bytes == len(text.encode("utf-8"))
+    assert score.nll == pytest.approx(sum(score_windows(model, windows, large_tok.pad_token_id, config)), rel=1e-6)
+
+
+def test_peak_memory_does_not_grow_with_document_length(model, large_tok):
+    """Python-side peak (tracemalloc: token lists, windows) while scoring one document of 270k
+    characters and one 8 times as long: cut into pieces and windowed lazily, both peak alike."""
+    import tracemalloc
+
+    config = EvalConfig(batch_size=64, overlap=0)
+    peaks = []
+    for words in (50_000, 400_000):
+        docs = docs_of([long_text(words)])
+        tracemalloc.start()
+        score_documents(model, large_tok, docs, config)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert len(docs[0].text) > 16 * EvalConfig().piece_chars
+    assert peaks[1] < 1.5 * peaks[0], [f"{p / 2**20:.1f} MiB" for p in peaks]

@@ -32,19 +32,22 @@ ScoringProgress = Callable[[str], Callable[[int, int], None]]  # model label -> 
 def model(base: str, tokenizer: str, out: str | Path, *, method: str = "subword",
           options: Mapping[str, Any] | None = None, donor: str | None = None, seed: int = 0, device: str = "cpu",
           chat_template: str = "base", pad_to_multiple_of: int = 1, force: bool = False,
-          allow_pickle: bool = False, stages: Stages | None = None) -> TransplantResult:
+          allow_pickle: bool = False, trust_remote_code: bool = False, stages: Stages | None = None) -> TransplantResult:
     """Give ``base`` the tokenizer ``tokenizer`` and write the checkpoint to ``out``.
 
     ``options`` are the method's own (``transplant methods`` lists them), e.g.
     ``{"k": 32}`` for ``omp``. The result holds the output path, the row counts (copied /
-    initialized / special) and the timings; ``out/transplant.json`` records everything."""
+    initialized / special) and the timings; ``out/transplant.json`` records everything.
+    ``allow_pickle`` / ``trust_remote_code``: read ``.bin`` pickles, or let a directory's
+    ``auto_map`` import its own Python files — both run code, so only for files you trust."""
     from transplant.errors import UserError
     from transplant.pipeline import TransplantConfig, transplant
 
     if chat_template not in ("base", "new"):
         raise UserError(f"chat_template must be 'base' or 'new', not {chat_template!r}")
     config = TransplantConfig(base=base, tokenizer=tokenizer, out=Path(out), method=method, options=dict(options or {}),
-                              donor=donor, seed=seed, force=force, allow_pickle=allow_pickle, device=device,
+                              donor=donor, seed=seed, force=force, allow_pickle=allow_pickle,
+                              trust_remote_code=trust_remote_code, device=device,
                               chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of)
     return transplant(config, stages)
 
@@ -64,16 +67,25 @@ class PairEvaluation:
 
 
 def evaluate(model: str | Path, base: str, corpus: str | Path, *, max_docs: int | None = None, batch_size: int = 8,
-             max_length: int = 1024, device: str = "cpu", progress: ScoringProgress | None = None) -> PairEvaluation:
-    """Score ``model`` and ``base`` on ``corpus`` (.txt or .jsonl with ``lang``/``domain``)."""
-    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_model, ppl_ratio
+             max_length: int = 1024, device: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+             progress: ScoringProgress | None = None) -> PairEvaluation:
+    """Score ``model`` and ``base`` on ``corpus`` (.txt or .jsonl with ``lang``/``domain``).
+    Both models are opened and checked before either is scored."""
+    from transplant.device import resolve_device
+    from transplant.evaluation.evaluate import EvalConfig, evaluate_model, load_weights, open_model, ppl_ratio
     from transplant.inputs.corpus import load_corpus
+    from transplant.io.trust import Trust
 
+    resolve_device(device)
     docs = load_corpus(corpus, max_docs)
     config = EvalConfig(batch_size=batch_size, max_length=max_length)
+    trust = Trust(remote_code=trust_remote_code, pickle=allow_pickle)
+    refs = {"base": base, "new": str(model)}
+    opened = {label: open_model(ref, trust) for label, ref in refs.items()}
     scores = {}
-    for label, ref in (("base", base), ("new", str(model))):
-        loaded, tokenizer = load_model(ref, device)
+    for label, ref in refs.items():
+        path, tokenizer = opened[label]
+        loaded = load_weights(path, device, trust)
         scores[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref) if progress else None)
         del loaded
     return PairEvaluation(str(corpus), scores["base"], scores["new"], ppl_ratio(scores["new"], scores["base"]))
@@ -81,8 +93,8 @@ def evaluate(model: str | Path, base: str, corpus: str | Path, *, max_docs: int 
 
 def compare(base: str, tokenizer: str, methods: Sequence[str], corpus: str | Path, out: str | Path, *,
             donor: str | None = None, max_docs: int | None = None, batch_size: int = 8, max_length: int = 1024,
-            seed: int = 0, force: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
-            progress: ScoringProgress | None = None) -> Comparison:
+            seed: int = 0, force: bool = False, device: str = "cpu", trust_remote_code: bool = False,
+            log: Callable[[str], None] = print, progress: ScoringProgress | None = None) -> Comparison:
     """Transplant ``base`` with each of ``methods`` (``"omp:k=8"`` sets an option), score every
     result and the base on ``corpus``, and write ``out/report.{md,json}`` and ``out/ratio.png``."""
     from transplant.errors import UserError
@@ -95,7 +107,7 @@ def compare(base: str, tokenizer: str, methods: Sequence[str], corpus: str | Pat
         raise UserError(f"methods must name each method once, got {', '.join(names) or 'none'}")
     config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=Path(corpus), out=Path(out),
                            donor=donor, max_docs=max_docs, seed=seed, force=force, device=device,
-                           scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
+                           trust_remote_code=trust_remote_code, scoring=EvalConfig(batch_size=batch_size, max_length=max_length))
     return run_compare(config, log=log, progress=progress)
 
 

@@ -17,6 +17,8 @@ from transplant.errors import UserError
 CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."
 MAX_DOCS_HELP = "Keep the first N documents of each group (lang/domain)."
 BATCH_HELP = "Windows per forward pass (also capped so logits stay under 1 GiB)."
+PICKLE_HELP = "Allow reading .bin pickle checkpoints (unpickling can run code: only files you trust)."
+REMOTE_CODE_HELP = "Let a model or tokenizer directory's auto_map import its own Python files (only ones you trust)."
 LENGTH_HELP = "Window length in tokens; longer documents are scored in overlapping windows."
 
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
@@ -58,7 +60,8 @@ def model(
     pad_to_multiple_of: int = typer.Option(1, "--pad-to-multiple-of", help="Pad the vocabulary rows to a multiple (zero rows)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe naming base, tokenizer, donor, method, options, seed, out."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow reading .bin pickle checkpoints."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Transplant BASE onto the tokenizer NEW. Method options are flags too (e.g. --k 32)."""
@@ -79,9 +82,9 @@ def model(
     result = api.model(base_ref, tokenizer_ref, out_dir, method=chosen, options=options, donor=donor or spec.donor,
                        seed=seed if seed is not None else spec.seed or 0, device=device, chat_template=chat_template,
                        pad_to_multiple_of=pad_to_multiple_of, force=force, allow_pickle=allow_pickle,
-                       stages=Stages(console=None if as_json else console))
+                       trust_remote_code=trust_remote_code, stages=Stages(console=None if as_json else console))
     if as_json:
-        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}))
+        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}, allow_nan=False))
         return
     c = result.counts
     console.print(
@@ -101,18 +104,25 @@ def evaluate(
     max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
     device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
     from transplant import api
     from transplant.evaluation.report import pair_grid
+    from transplant.io.outputs import check_output_file
     from transplant.progress import progress_bars
 
+    if json_out is not None:
+        check_output_file(json_out)
     with progress_bars(console) as progress:
         result = api.evaluate(model, base, corpus, max_docs=max_docs, batch_size=batch_size, max_length=max_length,
-                              device=device, progress=progress)
+                              device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                              progress=progress)
     out_console.print(pair_grid(result.new, result.base).to_rich())
     if json_out is not None:
-        json_out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        json_out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                            encoding="utf-8")
         console.print(f"wrote {json_out}")
 
 
@@ -131,6 +141,7 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Seed passed to every method."),
     force: bool = typer.Option(False, "--force", help="Redo transplants whose output already exists."),
     device: str = typer.Option("cpu", "--device", help="Where the methods compute and the models are scored (cpu, cuda)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Transplant BASE with each method, score all on one corpus, rank by perplexity ratio."""
     from transplant import api
@@ -141,6 +152,7 @@ def compare(
     with progress_bars(console) as progress:
         result = api.compare(base, tokenizer, names, corpus, out, donor=donor, max_docs=max_docs, batch_size=batch_size,
                              max_length=max_length, seed=seed, force=force, device=device,
+                             trust_remote_code=trust_remote_code,
                              log=lambda line: console.print(line, highlight=False), progress=progress)
     out_console.print(ranking_grid(result.base, result.results).to_rich())
     console.print("wrote " + ", ".join(str(p) for p in result.report))
@@ -162,13 +174,14 @@ def train(
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
     force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
     from transplant import api
 
     result = api.train(model, corpus, out, config=config, recipe=recipe, eval_corpus=eval_corpus, steps=steps,
                        stage2_steps=stage2_steps, objective=objective, eval_every=eval_every, eval_docs=max_docs,
-                       resume=resume or None, force=force or None)
+                       resume=resume or None, force=force or None, trust_remote_code=trust_remote_code or None)
     console.print(f"wrote [bold]{result.out}[/] (log: {result.run_dir})")
 
 

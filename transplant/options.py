@@ -2,12 +2,13 @@
 
 A method declares its options as a dataclass; this module turns ``--field-name value``
 flags (or a recipe's mapping) into an instance, checking names and types, so the CLI never
-has to know any method's options.
+has to know any method's options. Training configs are parsed the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -20,6 +21,23 @@ YAML_WORDS = {True: ("yes", "on", "true"), False: ("no", "off", "false")}
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def finite(name: str, value: float) -> float:
+    """``value``, if it is a finite number. ``nan`` and ``inf`` parse as floats, but in an
+    option they only come from a slip or a broken file, and they do not fail: they silently
+    turn whatever they touch (initialized rows, trained weights, the record) into NaN."""
+    if not math.isfinite(value):
+        raise UserError(f"{_flag(name)} must be a finite number, not {value}")
+    return value
+
+
+def check_finite(instance: Any) -> None:
+    """Every float field of a dataclass instance is finite, for configs built without parsing."""
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if isinstance(value, float):
+            finite(f.name, value)
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
@@ -52,9 +70,10 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
     if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
         raise UserError(f"{_flag(name)} must be {kind.__name__}, not {value!r}")
     try:
-        return kind(value)
+        converted = kind(value)
     except (TypeError, ValueError):
         raise UserError(f"{_flag(name)} must be {kind.__name__}, not {value!r}") from None
+    return finite(name, converted) if kind is float else converted
 
 
 def build_options(options_cls: type, values: dict[str, Any]) -> Any:

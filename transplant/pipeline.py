@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from transplant import __version__
+from transplant.device import resolve_device
 from transplant.vocab.chat import ChatMode, adopt_chat_template
 from transplant.io.checkpoint import INITIALIZED_FILE, Embeddings, export, read_embeddings
 from transplant.errors import UserError
@@ -20,8 +21,15 @@ from transplant.methods.base import Context, Method, Which
 from transplant.options import build_options
 from transplant.progress import Stages
 from transplant.io.sources import resolve_model
-from transplant.io.tokenizer import load_tokenizer
+from transplant.io.outputs import check_output_dir
+from transplant.io.tokenizer import check_fits, load_tokenizer
+from transplant.io.trust import Trust
 from transplant.vocab.matching import VocabMatch, match_vocabularies
+
+
+# Padding rounds the rows up for GPU-friendly shapes (8, 64, 128 are usual); beyond this
+# it only adds zero rows, and a slip such as 10**9 would allocate gigabytes of them.
+MAX_PAD_MULTIPLE = 1 << 16
 
 
 @dataclass
@@ -35,9 +43,14 @@ class TransplantConfig:
     seed: int = 0
     force: bool = False
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     device: str = "cpu"
     chat_template: ChatMode = "base"
     pad_to_multiple_of: int = 1
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(remote_code=self.trust_remote_code, pickle=self.allow_pickle)
 
 
 @dataclass
@@ -45,13 +58,6 @@ class TransplantResult:
     out: Path
     counts: dict[str, int]
     timings: dict[str, float]
-
-
-def _check_base(tokenizer: PreTrainedTokenizerBase, embeddings: Embeddings) -> None:
-    rows = embeddings.input.shape[0]
-    largest = max([len(tokenizer) - 1, *tokenizer.added_tokens_decoder])
-    if largest >= rows:
-        raise UserError(f"the base tokenizer has ids up to {largest} but the base model has only {rows} embedding rows")
 
 
 def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -> None:
@@ -64,13 +70,13 @@ def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -
 def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> tuple[Path, Embeddings]:
     ref = cfg.donor or cfg.tokenizer
     try:
-        directory = resolve_model(ref, cfg.allow_pickle)
+        directory = resolve_model(ref, cfg.trust)
     except UserError as e:
         if cfg.donor is None:
             raise UserError(f"method {cfg.method!r} needs a donor model whose tokenizer is the new one (--donor)") from e
         raise
-    _check_donor(AutoTokenizer.from_pretrained(directory), new)
-    return directory, read_embeddings(directory)
+    _check_donor(load_tokenizer(str(directory), cfg.trust), new)
+    return directory, read_embeddings(directory, cfg.trust)
 
 
 def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -104,17 +110,18 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     options = build_options(method_cls.Options, cfg.options)
     if cfg.out.exists() and not cfg.force:
         raise UserError(f"{cfg.out} exists; pass --force to replace it")
-    if cfg.pad_to_multiple_of < 1:
-        raise UserError("--pad-to-multiple-of must be at least 1")
-    device = torch.device(cfg.device)
+    if not 1 <= cfg.pad_to_multiple_of <= MAX_PAD_MULTIPLE:
+        raise UserError(f"--pad-to-multiple-of must be between 1 and {MAX_PAD_MULTIPLE}, got {cfg.pad_to_multiple_of}")
+    check_output_dir(cfg.out)
+    device = resolve_device(cfg.device)
 
     with stages.run("loading base model"):
-        base_dir = resolve_model(cfg.base, cfg.allow_pickle)
-        base_tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        embeddings = read_embeddings(base_dir)
-        _check_base(base_tokenizer, embeddings)
+        base_dir = resolve_model(cfg.base, cfg.trust)
+        base_tokenizer = load_tokenizer(str(base_dir), cfg.trust)
+        embeddings = read_embeddings(base_dir, cfg.trust)
+        check_fits(base_tokenizer, embeddings.input.shape[0], f"the base {cfg.base}")
     with stages.run("loading new tokenizer"):
-        new_tokenizer = load_tokenizer(cfg.tokenizer)
+        new_tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust)
     donor_dir, donor = None, None
     if method_cls.needs_donor:
         with stages.run("loading donor"):
@@ -136,6 +143,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         progress=stages.progress,
         base_dir=base_dir,
         donor_dir=donor_dir,
+        trust=cfg.trust,
     )
     method = method_cls()
     replace = {}
@@ -173,6 +181,6 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     running = {writing: time.perf_counter(), "total": started}
     with stages.run(writing):
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
-               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized)
+               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))

@@ -131,7 +131,8 @@ class _PlainLines:
 
 @contextmanager
 def progress_bars(console: Console) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
-    """A factory of per-model progress callbacks ``(done, total)`` drawing bars on ``console``."""
+    """A factory of per-model progress callbacks ``(done, total)`` drawing bars on ``console``;
+    the total may grow between calls (evaluation counts a long document's windows as it reads it)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bars:
         tasks: dict[str, int] = {}
@@ -140,7 +141,7 @@ def progress_bars(console: Console) -> Iterator[Callable[[str], Callable[[int, i
             def advance(done: int, total: int) -> None:
                 if label not in tasks:
                     tasks[label] = bars.add_task(f"scoring {label}", total=total)
-                bars.advance(tasks[label], done)
+                bars.update(tasks[label], total=total, advance=done)
 
             return advance
 

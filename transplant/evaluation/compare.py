@@ -30,6 +30,10 @@ from transplant.methods import registry
 from transplant.options import build_options
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.evaluation.report import write_report
+from transplant.device import resolve_device
+from transplant.io.outputs import check_output_dir
+from transplant.io.tokenizer import load_tokenizer
+from transplant.io.trust import Trust
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class CompareConfig:
     seed: int = 0
     force: bool = False
     device: str = "cpu"  # where transplants compute their rows and models are scored
+    trust_remote_code: bool = False
     scoring: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -65,16 +70,19 @@ def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | No
     for spec in cfg.methods:  # unknown methods and bad options fail before any work starts
         name, options = parse_variant(spec)
         build_options(registry.get(name).Options, options)
+    resolve_device(cfg.device)
+    check_output_dir(cfg.out)
+    load_tokenizer(cfg.tokenizer, Trust(remote_code=cfg.trust_remote_code))  # a bad NEW fails before any scoring
     docs = load_corpus(cfg.corpus, cfg.max_docs)
     log(f"{len(docs)} documents from {cfg.corpus}")
-    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress, cfg.device)
+    base = _evaluate(cfg.base, cfg.base, docs, cfg.scoring, progress, cfg)
     results: dict[str, Evaluation] = {}
     transplants: dict[str, dict] = {}
     for name in cfg.methods:
         out = _transplant(cfg, name, log)
         transplants[name] = {k: v for k, v in json.loads((out / "transplant.json").read_text()).items()
                              if k in ("counts", "timings")}
-        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress, cfg.device)
+        results[name] = _evaluate(str(out), name, docs, cfg.scoring, progress, cfg)
         log(f"{name}: bits/byte {results[name].overall.bits_per_byte:.4f}")
     meta = {
         "base": cfg.base,
@@ -123,7 +131,8 @@ def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     out = cfg.out / re.sub(r"[^\w.=-]+", "_", spec)  # options may hold paths: one folder per variant
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
-                              donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device)
+                              donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device,
+                              trust_remote_code=cfg.trust_remote_code)
     record = out / "transplant.json"
     if record.is_file() and not cfg.force:
         found = json.loads(record.read_text())
@@ -139,8 +148,8 @@ def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
 
 
 def _evaluate(ref: str, name: str, docs: list[Document], config: EvalConfig,
-              progress: ProgressFactory | None, device: str) -> Evaluation:
-    model, tokenizer = load_model(ref, device)
+              progress: ProgressFactory | None, cfg: CompareConfig) -> Evaluation:
+    model, tokenizer = load_model(ref, cfg.device, Trust(remote_code=cfg.trust_remote_code))
     evaluation = evaluate_model(model, tokenizer, docs, name, config, progress(name) if progress else None)
     del model
     gc.collect()  # one model in memory at a time

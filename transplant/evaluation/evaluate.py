@@ -11,34 +11,53 @@ the context is cut into windows that overlap: each window re-reads the tail of t
 one as context but only scores its new tokens (with no overlap, each starts from the prefix
 token instead, so no target is ever predicted from nothing). All windows of all documents
 are sorted by length and run in padded batches whose logits stay within a memory budget.
+
+A document longer than ``EvalConfig.piece_chars`` characters (a whole book on one line) is
+scored on its own so that memory does not grow with its length: it is tokenized piece by
+piece (cut before whitespace, see :func:`pieces`) and its windows are made a batch at a
+time as the tokens arrive. Its tokens are its pieces' tokens one after another, which can
+differ from the whole text's only where a cut falls; the windows run over them as over any
+document's, so context carries across the cuts.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.inputs.corpus import Document
 from transplant.errors import UserError
+from transplant.io.trust import Trust
 
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
 
-Progress = Callable[[int, int], None]  # (windows just scored, total windows)
+# (windows just scored, windows known so far: the total grows while long documents are read)
+Progress = Callable[[int, int], None]
+
+# Characters between whitespace cuts: a paragraph or an article is never cut, and a piece's
+# tokenizer output (ids, offsets, ... ~100 bytes a token) stays a few MB.
+PIECE_CHARS = 100_000
+_CUT_BEFORE = (" ", "\n", "\t")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to batch and window; none of it changes the numbers beyond float noise."""
+    """How to batch and window; none of it changes the numbers beyond float noise, except
+    ``piece_chars`` for a document longer than that (see the module docstring)."""
 
     batch_size: int = 8
     max_length: int = 1024  # window length in tokens, capped by the model's context
     # context tokens re-read by each next window; None = max_length // 2; 0 = chunks that
     # each start from the prefix token alone (see make_windows)
     overlap: int | None = None
+    piece_chars: int = PIECE_CHARS  # a longer document is tokenized in pieces of at most this many characters
 
 
 @dataclass
@@ -132,17 +151,46 @@ def make_windows(doc: int, ids: Sequence[int], max_length: int, overlap: int) ->
     starts with the document's prefix token ids[0] instead: the text is then cut into chunks
     of max_length - 1 tokens, each scored as if it were a document of its own.
     """
+    return list(iter_windows(doc, ids, max_length, overlap))
+
+
+def iter_windows(doc: int, ids: Iterable[int], max_length: int, overlap: int) -> Iterator[Window]:
+    """The windows of :func:`make_windows`, each made as soon as its tokens have arrived from
+    ``ids`` (any iterable); only the tokens of the next window are held."""
     if max_length < 2 or not 0 <= overlap < max_length:
         raise UserError(f"need max_length >= 2 and 0 <= overlap < max_length, got {max_length} and {overlap}")
-    windows = [Window(doc, list(ids[:max_length]), min(len(ids), max_length) - 1)]
-    head = [] if overlap else [ids[0]]  # what a later window starts with before its slice of ids
-    end = min(len(ids), max_length)  # ids[:end] have been fed; targets up to end - 1 are scored
-    while end < len(ids):
+    stream = iter(ids)
+    held = list(itertools.islice(stream, max_length))  # ids[offset:offset + len(held)]
+    yield Window(doc, list(held), len(held) - 1)
+    head = [] if overlap else held[:1]  # what a later window starts with before its slice of ids
+    end = len(held)  # ids[:end] have been fed; targets up to end - 1 are scored
+    offset = 0
+    for token in stream:  # ids[end]: a target is left, so the window before was full
         start = end - overlap
-        stop = min(start + max_length - len(head), len(ids))
-        windows.append(Window(doc, head + list(ids[start:stop]), stop - end))
+        del held[: start - offset]
+        offset = start
+        held.append(token)
+        held.extend(itertools.islice(stream, max_length - len(head) - len(held)))
+        stop = offset + len(held)
+        yield Window(doc, head + held, stop - end)
         end = stop
-    return windows
+
+
+def pieces(text: str, max_chars: int) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``max_chars`` characters that join back into it.
+
+    Each piece ends just before the last whitespace character in its span, so the whitespace
+    starts the next piece as it starts the next word inside the text, where tokenizers expect
+    it (``Ġword``, ``▁word``); a span without whitespace is cut at its end.
+    """
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(space, start + 1, end + 1) for space in _CUT_BEFORE)
+        stop = cut if cut > start else end
+        yield text[start:stop]
+        start = stop
+    yield text[start:]
 
 
 @torch.inference_mode()
@@ -194,24 +242,86 @@ def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[float]:
     return per_row.tolist()
 
 
+class _Tally:
+    """Windows known so far, for a progress callback whose total grows as long documents are read."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress, self.known = progress, 0
+
+    def add(self, windows: int) -> Progress | None:
+        """Count ``windows`` more; the callback to score them with."""
+        self.known += windows
+        if self.progress is None:
+            return None
+        return lambda done, _total: self.progress(done, self.known)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What every document of one evaluation is scored with."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    config: EvalConfig
+    max_length: int
+    overlap: int
+    prefix: int
+    pad_id: int
+    tally: _Tally
+
+
 def score_documents(
     model, tokenizer, docs: Sequence[Document], config: EvalConfig = EvalConfig(), progress: Progress | None = None
 ) -> list[Score]:
-    """One `Score` per document (NLL of its text tokens, token and byte counts)."""
+    """One `Score` per document (NLL of its text tokens, token and byte counts). Documents up
+    to ``config.piece_chars`` characters are scored together, longer ones one at a time (see
+    the module docstring)."""
     if config.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.piece_chars < 1:
+        raise UserError(f"piece_chars must be at least 1, got {config.piece_chars}")
     context = getattr(model.config, "max_position_embeddings", None) or config.max_length
     max_length = min(config.max_length, context)
-    overlap = max_length // 2 if config.overlap is None else config.overlap
     prefix = prefix_token_id(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
-    encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
-    windows = [w for i, ids in enumerate(encoded) for w in make_windows(i, [prefix, *ids], max_length, overlap)]
-    window_nll = score_windows(model, windows, pad_id, config, progress)
-    scores = [Score(tokens=len(ids), bytes=len(d.text.encode("utf-8")), docs=1) for d, ids in zip(docs, encoded)]
+    run = _Scoring(model, tokenizer, config, max_length, max_length // 2 if config.overlap is None else config.overlap,
+                   prefix, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix, _Tally(progress))
+    short = [i for i, d in enumerate(docs) if len(d.text) <= config.piece_chars]
+    scores = _score_together(run, {i: docs[i].text for i in short})
+    scores.update({i: _score_alone(run, d.text) for i, d in enumerate(docs) if i not in scores})
+    return [scores[i] for i in range(len(docs))]
+
+
+def _score_together(run: _Scoring, texts: dict[int, str]) -> dict[int, Score]:
+    """Documents tokenized in one call, all their windows sorted by length into as few
+    padded batches as possible."""
+    if not texts:
+        return {}
+    encoded = dict(zip(texts, run.tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]))
+    windows = [w for i, ids in encoded.items() for w in make_windows(i, [run.prefix, *ids], run.max_length, run.overlap)]
+    window_nll = score_windows(run.model, windows, run.pad_id, run.config, run.tally.add(len(windows)))
+    scores = {i: Score(tokens=len(ids), bytes=len(texts[i].encode("utf-8")), docs=1) for i, ids in encoded.items()}
     for window, value in zip(windows, window_nll, strict=True):
         scores[window.doc].nll += value
     return scores
+
+
+def _score_alone(run: _Scoring, text: str) -> Score:
+    """One long document: tokenized piece by piece, its windows made and scored a batch at a
+    time, so only one piece's tokens and one batch of windows are held, whatever its length."""
+    score = Score(docs=1)
+
+    def ids() -> Iterator[int]:
+        yield run.prefix
+        for piece in pieces(text, run.config.piece_chars):
+            piece_ids = run.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            score.tokens += len(piece_ids)
+            score.bytes += len(piece.encode("utf-8"))
+            yield from piece_ids
+
+    windows = iter_windows(0, ids(), run.max_length, run.overlap)
+    while batch := list(itertools.islice(windows, run.config.batch_size)):
+        score.nll += sum(score_windows(run.model, batch, run.pad_id, run.config, run.tally.add(len(batch))))
+    return score
 
 
 def evaluate_model(
@@ -224,7 +334,10 @@ def evaluate_model(
 ) -> Evaluation:
     """Per-group scores of `model` on `docs`, groups in order of first appearance."""
     groups: dict[str, Score] = {}
-    for doc, score in zip(docs, score_documents(model, tokenizer, docs, config, progress), strict=True):
+    for number, (doc, score) in enumerate(zip(docs, score_documents(model, tokenizer, docs, config, progress),
+                                              strict=True), 1):
+        if not math.isfinite(score.nll):
+            raise UserError(f"{name}: the loss is not finite on document {number} (NaN or infinite weights?)")
         groups.setdefault(doc.group, Score()).add(score)
     return Evaluation(name, groups)
 
@@ -238,13 +351,30 @@ def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
     return ratios
 
 
-def load_model(ref: str, device: str = "cpu"):
-    """(model, tokenizer) for a model reference (HF dir, .gguf, hub id, packaged name), float32,
-    eval mode, on ``device`` (scoring runs where the model is)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def open_model(ref: str, trust: Trust = Trust()) -> tuple[Path, PreTrainedTokenizerBase]:
+    """The directory and tokenizer of a model reference (HF dir, .gguf, hub id, packaged
+    name), checked without loading the weights: its files (see
+    :func:`transplant.io.sources.resolve_model`) and that every token id has a row. So a
+    caller scoring two models can refuse either before scoring the first."""
+    from transplant.io.checkpoint import model_config
     from transplant.io.sources import resolve_model
+    from transplant.io.tokenizer import check_fits, load_tokenizer
 
-    path = resolve_model(ref)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    path = resolve_model(ref, trust)
+    tokenizer = load_tokenizer(str(path), trust)
+    check_fits(tokenizer, model_config(path, trust).get_text_config().vocab_size, ref)
+    return path, tokenizer
+
+
+def load_weights(path: Path, device: str = "cpu", trust: Trust = Trust()) -> PreTrainedModel:
+    """The model in an opened directory (see :func:`open_model`): float32, eval mode, on
+    ``device`` (scoring runs where the model is); code and pickle only as ``trust`` allows."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **trust.model_kwargs()).to(device).eval()
+
+
+def load_model(ref: str, device: str = "cpu", trust: Trust = Trust()) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a model reference: :func:`open_model`, then :func:`load_weights`."""
+    path, tokenizer = open_model(ref, trust)
+    return load_weights(path, device, trust), tokenizer

@@ -145,7 +145,7 @@ def write_report(out: Path, base: Evaluation, results: dict[str, Evaluation], me
         "methods": {name: ev.to_dict() for name, ev in results.items()},
     }
     json_path = out / "report.json"
-    json_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     png_path = plot_ratios(out / "ratio.png", base, results, str(meta.get("tokenizer", "?")))
     settings = "\n".join(f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, dict))
     sections = [

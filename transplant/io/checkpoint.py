@@ -16,12 +16,14 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
 from transplant.vocab.chat import end_of_turn_ids
-from transplant.errors import UserError
+from transplant.errors import UserError, reason
 from transplant.io.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
+from transplant.io.trust import Trust, read_json
 
 
 # One bool per embedding row, True where a method initialized it. A side file, not a list
@@ -44,27 +46,48 @@ class Embeddings:
         return self.output is None
 
 
-def weight_files(directory: Path) -> dict[str, Path]:
-    """Tensor name -> file holding it, for single-file and sharded checkpoints alike."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = directory / index_name
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return {name: directory / file for name, file in weight_map.items()}
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / single).exists():
-            return {name: directory / single for name in _tensor_names(directory / single)}
-    raise UserError(f"{directory}: no model.safetensors or pytorch_model.bin")
+def weight_files(directory: Path, trust: Trust = Trust()) -> dict[str, Path]:
+    """Tensor name -> file holding it, for single-file and sharded checkpoints alike; only
+    the model's own safetensors unless ``trust`` allows pickle."""
+    return {name: path for name, (path, _) in _tensors(directory, trust).items()}
 
 
-def _tensor_names(path: Path) -> list[str]:
+def _tensors(directory: Path, trust: Trust) -> dict[str, tuple[Path, list[int]]]:
+    """Tensor name -> (file, shape), from the headers of every weight file. A broken index,
+    or a shard that is missing, unreadable or lacks a tensor the index puts in it, is one
+    line naming the file, here rather than halfway through a copy."""
+    source = trust.weights_file(directory)
+    if not source.name.endswith(".index.json"):
+        return {name: (source, shape) for name, shape in _tensor_shapes(source).items()}
+    weight_map = read_json(source).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(file, str) for file in weight_map.values()):
+        raise UserError(f"{source}: no weight_map from tensor names to files")
+    by_file: dict[str, list[str]] = {}
+    for name, file in weight_map.items():
+        by_file.setdefault(file, []).append(name)
+    tensors = {}
+    for file, names in by_file.items():
+        path = directory / file
+        if not path.is_file():
+            raise UserError(f"{source}: names {file}, which is not in {directory}")
+        shapes = _tensor_shapes(path)
+        for name in names:
+            if name not in shapes:
+                raise UserError(f"{path}: no tensor {name!r}, which {source.name} says it holds")
+            tensors[name] = (path, shapes[name])
+    return tensors
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in one weight file (safetensors: from its header,
+    which safetensors checks against the file's length, so a truncated file fails here)."""
     if path.suffix == ".safetensors":
         try:
             with safe_open(path, "pt") as f:
-                return list(f.keys())
+                return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path}: corrupt safetensors file ({e})") from e
-    return list(_load_pickle(path))
+    return {name: list(tensor.shape) for name, tensor in _load_pickle(path).items()}
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -96,11 +119,42 @@ class EmbeddingNames:
     tied: bool  # the config (or the class) shares lm_head with the input embeddings
 
 
-def embedding_names(directory: Path) -> EmbeddingNames:
+def model_config(directory: Path, trust: Trust = Trust()) -> PretrainedConfig:
+    """config.json as transformers reads it; one it cannot read (garbage, ``{}``, a model
+    type it does not know) is one line naming the file."""
+    path = directory / "config.json"
+    read_json(path)
+    try:
+        return AutoConfig.from_pretrained(directory, **trust.code_kwargs())
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"{path}: transformers cannot read it ({reason(e)})") from e
+
+
+def _meta_model(directory: Path, trust: Trust) -> tuple[PretrainedConfig, PreTrainedModel]:
+    """The config and the causal LM it describes, built on the meta device (no weights)."""
+    config = model_config(directory, trust)
+    try:
+        with torch.device("meta"):
+            return config, AutoModelForCausalLM.from_config(config, **trust.code_kwargs())
+    except ValueError as e:  # a model type without a causal LM class
+        raise UserError(f"{directory / 'config.json'}: no causal LM for it ({reason(e)})") from e
+
+
+def check_checkpoint(directory: Path, trust: Trust = Trust()) -> None:
+    """Read every header a run will need before it starts: config.json, the index and each
+    weight file, and each tensor's shape against the model config.json describes. A
+    hidden_size or vocab_size that disagrees with the weights otherwise fails deep inside
+    transformers, or not at all: a transplant would write a checkpoint nothing can load."""
+    expected = {name: list(p.shape) for name, p in _meta_model(directory, trust)[1].state_dict().items()}
+    for name, (path, shape) in _tensors(directory, trust).items():
+        if name in expected and expected[name] != shape:
+            raise UserError(f"{path}: tensor {name!r} is {shape}, but {directory / 'config.json'} "
+                            f"makes it {expected[name]}")
+
+
+def embedding_names(directory: Path, trust: Trust = Trust()) -> EmbeddingNames:
     """The model class built on the meta device (no weights) says which tensors are embeddings."""
-    config = AutoConfig.from_pretrained(directory)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model = _meta_model(directory, trust)
     modules = {id(module): name for name, module in model.named_modules()}
     input_module = model.get_input_embeddings()
     output_module = model.get_output_embeddings()
@@ -110,7 +164,7 @@ def embedding_names(directory: Path) -> EmbeddingNames:
     return EmbeddingNames(f"{modules[id(input_module)]}.weight", output, tied)
 
 
-def read_embeddings(directory: Path) -> Embeddings:
+def read_embeddings(directory: Path, trust: Trust = Trust()) -> Embeddings:
     """Load just the embedding (and untied lm_head) tensors of a checkpoint.
 
     A tied config whose files also hold lm_head is read the way transformers loads it: a
@@ -118,8 +172,8 @@ def read_embeddings(directory: Path) -> Embeddings:
     :func:`write_weights`); a different one is a head of its own, which transformers keeps
     untied, so it is transplanted like any untied lm_head.
     """
-    files = weight_files(directory)
-    names = embedding_names(directory)
+    files = weight_files(directory, trust)
+    names = embedding_names(directory, trust)
     if names.input not in files:
         raise UserError(f"{directory}: checkpoint has no tensor {names.input!r}")
     rows = _read_tensor(files[names.input], names.input)
@@ -143,17 +197,17 @@ def _base_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]
     return [torch_tensor(name, replace[name]) if name in replace else copied[name] for name in names]
 
 
-def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor]) -> None:
+def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor], trust: Trust = Trust()) -> None:
     """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time.
 
     A tied model's lm_head copy that was not replaced (a copy of the old embeddings, see
     :func:`read_embeddings`) is left out: tied, the model reads its head from the new
     embeddings, and a copy with the old vocabulary size would not load.
     """
-    names = embedding_names(base_dir)
+    names = embedding_names(base_dir, trust)
     stale = {names.output} if names.tied and names.output != names.input and names.output not in replace else set()
     shards: dict[Path, list[str]] = {}
-    for name, path in weight_files(base_dir).items():
+    for name, path in weight_files(base_dir, trust).items():
         if name not in stale:
             shards.setdefault(path, []).append(name)
     write_shards(out_dir, [_base_tensors(path, shard, replace) for path, shard in shards.items()])
@@ -164,13 +218,13 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
 
 
 def write_config(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
-                 base_tokenizer: PreTrainedTokenizerBase) -> None:
+                 base_tokenizer: PreTrainedTokenizerBase, trust: Trust = Trust()) -> None:
     """config.json and generation_config.json with the new vocabulary size and special ids.
 
     The generation config keeps every id the base stopped on, carried over to the new ids
     (see :func:`transplant.vocab.chat.end_of_turn_ids`), not just the one eos of config.json.
     """
-    config = AutoConfig.from_pretrained(base_dir)
+    config = model_config(base_dir, trust)
     try:
         generation = GenerationConfig.from_pretrained(base_dir)
     except OSError:
@@ -198,6 +252,7 @@ def export(
     record: Callable[[], dict[str, Any]],
     force: bool = False,
     initialized: torch.Tensor | None = None,
+    trust: Trust = Trust(),
 ) -> Path:
     """Write the patched checkpoint to ``out`` atomically (see :mod:`transplant.io.atomic`):
     an interrupted run never leaves a half-written OUT, and never destroys an existing one.
@@ -209,10 +264,10 @@ def export(
         raise UserError(f"{out} exists; pass --force to replace it")
     with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
-        write_weights(base_dir, tmp, replace)
-        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer)
+        write_weights(base_dir, tmp, replace, trust)
+        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer, trust)
         tokenizer.save_pretrained(tmp)
         if initialized is not None:
             save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)
-        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str))
+        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str, allow_nan=False))
     return out

@@ -109,7 +109,7 @@ def write_shard(out: Path, tensors: list[ShardTensor]) -> int:
     for t in tensors:
         header[t.name] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     encoded += b" " * (-len(encoded) % 8)
     with out.open("wb") as f:
         f.write(len(encoded).to_bytes(8, "little"))
@@ -132,4 +132,4 @@ def write_shards(out_dir: Path, shards: list[list[ShardTensor]]) -> None:
         weight_map.update({t.name: name for t in tensors})
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, allow_nan=False))

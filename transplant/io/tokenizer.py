@@ -14,8 +14,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from transplant.errors import UserError
+from transplant.errors import UserError, reason
 from transplant.io.sources import resolve_model
+from transplant.io.trust import Trust
 
 
 def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -28,7 +29,7 @@ def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         raise UserError(f"{path}: not a SentencePiece model") from e
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(path, Path(tmp) / "tokenizer.model")
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
     roles = {"bos": processor.bos_id(), "eos": processor.eos_id(), "pad": processor.pad_id(), "unk": processor.unk_id()}
     tokenizer.add_special_tokens(
         {f"{role}_token": processor.id_to_piece(i) for role, i in roles.items() if 0 <= i < processor.get_piece_size()}
@@ -87,24 +88,43 @@ def _with_roles(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
-    """A tokenizer from a directory, tokenizer.json, SentencePiece .model, .gguf, a model
-    reference or a packaged name."""
+def _load(ref: str, trust: Trust) -> PreTrainedTokenizerBase:
+    """The tokenizer ``ref`` names, by the loader its kind needs (see :func:`load_tokenizer`)."""
     from transformers import PreTrainedTokenizerFast
 
     path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".model":
+        return _sentencepiece_tokenizer(path)
+    if path.is_file() and path.suffix == ".json":
+        return _with_roles(PreTrainedTokenizerFast(tokenizer_file=str(path)))
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+    if path.is_file():
+        raise UserError(f"{path} is not a tokenizer (expected a directory, tokenizer.json, .model or .gguf)")
+    directory = path if path.is_dir() else resolve_model(ref, trust)
+    trust.check_code(directory)
+    return AutoTokenizer.from_pretrained(directory, **trust.code_kwargs())
+
+
+def load_tokenizer(ref: str, trust: Trust = Trust()) -> PreTrainedTokenizerBase:
+    """A tokenizer from a directory, tokenizer.json, SentencePiece .model, .gguf, a model
+    reference or a packaged name; a directory whose code ``trust`` does not allow is refused,
+    and so is a tokenizer with no tokens but special ones: it cannot encode any text, and
+    every later step would fail on it."""
     try:
-        if path.is_file() and path.suffix == ".model":
-            return _sentencepiece_tokenizer(path)
-        if path.is_file() and path.suffix == ".json":
-            return _with_roles(PreTrainedTokenizerFast(tokenizer_file=str(path)))
-        if path.is_file() and path.suffix == ".gguf":
-            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        if path.is_file():
-            raise UserError(f"{path} is not a tokenizer (expected a directory, tokenizer.json, .model or .gguf)")
-        directory = path if path.is_dir() else resolve_model(ref)
-        return AutoTokenizer.from_pretrained(directory)
+        tokenizer = _load(ref, trust)
     except UserError:
         raise
     except Exception as e:  # tokenizer loaders raise many types for a file that is not theirs
-        raise UserError(f"{ref}: not a readable tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise UserError(f"{ref}: not a readable tokenizer ({reason(e)})") from e
+    if not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens):
+        raise UserError(f"{ref}: the tokenizer has no tokens (besides special ones)")
+    return tokenizer
+
+
+def check_fits(tokenizer: PreTrainedTokenizerBase, rows: int, model: str) -> None:
+    """Every id the tokenizer can produce has an embedding row in ``model``; otherwise the
+    first such token stops a run midway with an index error."""
+    largest = max([len(tokenizer) - 1, *tokenizer.added_tokens_decoder])
+    if largest >= rows:
+        raise UserError(f"{model}: the tokenizer has ids up to {largest} but the model has only {rows} embedding rows")

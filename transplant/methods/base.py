@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 
+from transplant.io.trust import Trust
 from transplant.progress import ProgressFactory, no_progress
 from transplant.vocab.matching import VocabMatch
 
@@ -37,7 +38,8 @@ class Context:
     a model whose tokenizer is the new one; they are ``None`` without a donor. ``progress``
     gives long work an ``advance(n)`` callback (see :mod:`transplant.progress`).
     ``base_dir``/``donor_dir`` are the checkpoint directories the matrices came from, for a
-    method that runs an external tool on the checkpoints themselves (``mergekit``).
+    method that runs an external tool on the checkpoints themselves (``mergekit``), which
+    may load from them only what ``trust`` allows.
     ``report`` is where a method says what it did (tokens placed, fallbacks, alignment
     counts); the pipeline writes it to ``transplant.json`` as ``method_report``.
     """
@@ -52,6 +54,7 @@ class Context:
     donor_output: torch.Tensor | None = None
     base_dir: Path | None = None
     donor_dir: Path | None = None
+    trust: Trust = field(default_factory=Trust)
     cache: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFactory = no_progress
     report: dict[str, Any] = field(default_factory=dict)  # what the method did, for transplant.json

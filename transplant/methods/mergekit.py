@@ -11,8 +11,8 @@ our missing ids are rows it copied and most of the rest are its approximations; 
 ``benchmarks/omp_vs_mergekit.py rows`` for the breakdown on a real pair.
 
 One tokensurgeon run builds both matrices; it is cached in ``ctx.cache`` for the second.
-mergekit loads both tokenizers with ``trust_remote_code=True`` (its choice, not ours): run
-this method on checkpoints you trust.
+mergekit is told what the user trusts (``--trust-remote-code``); a directory whose code is not
+trusted never reaches it (the pipeline refuses it first).
 Randomized approaches (``randn``, ``john_hewitt``) draw from torch's global generator,
 seeded from ``--seed`` inside a forked RNG state so the run is deterministic and leaves the
 caller's generator alone.
@@ -27,6 +27,7 @@ from typing import ClassVar, Literal
 import torch
 
 from transplant.errors import UserError
+from transplant.io.trust import Trust
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.registry import register
 
@@ -46,7 +47,7 @@ class MergekitOptions:
 
 
 def tokensurgeon(base_dir: Path, donor_dir: Path, options: MergekitOptions, device: torch.device,
-                 seed: int) -> dict[Which, torch.Tensor | None]:
+                 seed: int, trust: Trust = Trust()) -> dict[Which, torch.Tensor | None]:
     """The input and output matrices mergekit-tokensurgeon writes for this pair, indexed
     by new ids (``None`` for a tied base): its command's steps, minus the writing."""
     from mergekit.common import ModelPath, ModelReference
@@ -56,7 +57,7 @@ def tokensurgeon(base_dir: Path, donor_dir: Path, options: MergekitOptions, devi
 
     # Built from paths, not parsed: a path holding '+' or '@' would read as a LoRA or revision.
     model, donor = (ModelReference(model=ModelPath(path=str(d))) for d in (base_dir, donor_dir))
-    merge_options = MergeOptions(device=str(device))
+    merge_options = MergeOptions(device=str(device), trust_remote_code=trust.remote_code)
     surgery = surgeon.TokenSurgeonOptions(model=model, donor=donor, out_path="", k=options.k, batch_size=512,
                                           method=surgeon.ApproximationMethod(options.approach))
     try:
@@ -90,7 +91,8 @@ class Mergekit(MethodBase):
         if ctx.base_dir is None or ctx.donor_dir is None:
             raise ValueError("the mergekit method runs on checkpoint directories (Context.base_dir, donor_dir)")
         if "mergekit" not in ctx.cache:
-            ctx.cache["mergekit"] = tokensurgeon(ctx.base_dir, ctx.donor_dir, ctx.options, ctx.device, ctx.seed)
+            ctx.cache["mergekit"] = tokensurgeon(ctx.base_dir, ctx.donor_dir, ctx.options, ctx.device, ctx.seed,
+                                                 ctx.trust)
         rows = ctx.cache["mergekit"][which]
         if rows is None:
             raise RuntimeError("mergekit-tokensurgeon built no output matrix for an untied base")

@@ -40,10 +40,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE
+from transplant.io.outputs import check_output_dir
+from transplant.io.tokenizer import load_tokenizer
+from transplant.io.trust import Trust
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document, check_corpora, load_corpus
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
@@ -65,6 +68,7 @@ class ContinuedConfig(ObjectiveConfig):
     run_dir: str = ""  # checkpoints, logs, cached base scores; "" = OUT.run next to OUT
     resume: bool = False
     force: bool = False
+    trust_remote_code: bool = False  # let the model's and the base's auto_map import their Python files
     rows: Literal["new", "all"] = "new"  # stage 1 trains the initialized rows only, or whole matrices
     weight_decay: float = 0.0  # decay shrinks whole matrices, copied rows too: only with rows: all
     # Embedding rows of tokens absent from a batch get only the softmax's push-down, ~200x
@@ -99,11 +103,17 @@ class ContinuedConfig(ObjectiveConfig):
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
+        for output in (Path(self.out), self.run_path):
+            check_output_dir(output)
         if Path(self.out).exists() and not self.force:
             raise UserError(f"{self.out} exists; pass --force to replace it")
         run = self.run_path
         if run.exists() and any(run.iterdir()) and not (self.resume or self.force):
             raise UserError(f"{run} holds an earlier run; pass --resume to continue it or --force to start over")
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(remote_code=self.trust_remote_code)
 
     @property
     def run_path(self) -> Path:
@@ -164,7 +174,8 @@ class Transplanted:
 
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     directory = Path(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    cfg.trust.check_code(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
     stored = model.config.dtype
     dtype = getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
     initialized = None
@@ -176,8 +187,8 @@ def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     record = json.loads((directory / "transplant.json").read_text())
     teacher = None
     if cfg.objective == "alm":
-        teacher = load_teacher(record["base"], cfg.alm)
-    return Transplanted(model, AutoTokenizer.from_pretrained(directory), record, initialized, dtype, teacher)
+        teacher = load_teacher(record["base"], cfg.alm, cfg.trust)
+    return Transplanted(model, load_tokenizer(str(directory), cfg.trust), record, initialized, dtype, teacher)
 
 
 def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
@@ -318,13 +329,13 @@ def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], confi
            "length": cfg.eval_length, "precision": accelerator.mixed_precision}
     if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
         return Evaluation(base, {g: Score(**s) for g, s in saved["groups"].items()})
-    model, tokenizer = load_model(base)
+    model, tokenizer = load_model(base, trust=cfg.trust)
     with accelerator.autocast():
         evaluation = evaluate_model(model.to(accelerator.device), tokenizer, docs, base, config)
     del model
     groups = {g: dataclasses.asdict(s) for g, s in evaluation.groups.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "groups": groups}, indent=2))
+    cache.write_text(json.dumps({"key": key, "groups": groups}, indent=2, allow_nan=False))
     return evaluation
 
 
@@ -355,7 +366,7 @@ def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedC
         loaded.tokenizer.save_pretrained(tmp)
         if (Path(cfg.model) / INITIALIZED_FILE).is_file():
             shutil.copy(Path(cfg.model) / INITIALIZED_FILE, tmp / INITIALIZED_FILE)
-        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str))
+        (tmp / "transplant.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
 
 
 # --- the run -----------------------------------------------------------------------------

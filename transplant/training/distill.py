@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from transplant.errors import UserError
 from transplant.evaluation.evaluate import load_model, prefix_token_id
+from transplant.io.trust import Trust
 from transplant.training.alm import (
     DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, align_chunks, alm_distill_loss,
     alm_distill_loss_from_logprobs, boundary_token_mask, char_to_byte_offsets,
@@ -238,8 +239,8 @@ class Teacher:
     config: AlmConfig
 
 
-def load_teacher(base: str, config: AlmConfig) -> Teacher:
+def load_teacher(base: str, config: AlmConfig, trust: Trust = Trust()) -> Teacher:
     """The base model recorded in ``transplant.json``, frozen, with its own tokenizer."""
-    model, tokenizer = load_model(base)
+    model, tokenizer = load_model(base, trust=trust)
     model.requires_grad_(False)
     return Teacher(model, hf_reader(tokenizer, model.get_output_embeddings().weight.shape[0]), config)

@@ -36,7 +36,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 
 from transplant.inputs.corpus import texts
 from transplant.errors import UserError
-from transplant.options import build_options
+from transplant.options import build_options, check_finite
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)  # every float field, this class's and its subclasses'
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -86,6 +87,10 @@ class TrainConfig:
             raise UserError(f"adam_eps must be positive, got {self.adam_eps}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+        if not self.clip > 0:
+            raise UserError(f"clip must be positive (the largest gradient norm), got {self.clip}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must not be negative, got {self.weight_decay}")
 
 
 def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
@@ -342,7 +347,7 @@ def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
 def _log(accelerator: Accelerator, out: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         with (out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def _truncate_log(accelerator: Accelerator, out: Path, step: int) -> None:
@@ -410,6 +415,9 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
             metrics = {k: metrics.get(k, 0.0) + v / cfg.grad_accum for k, v in result.metrics.items()}
         schedule.step()
         loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+        if not math.isfinite(loss):  # the same reduced value on every process: all stop together
+            raise UserError(f"the loss is {loss} at step {progress.step + 1}: training stopped "
+                            "(NaN weights in the model, or try a lower lr)")
         progress.tokens += int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum"))
         progress.step += 1
         elapsed = time.perf_counter() - started
