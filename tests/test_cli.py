@@ -118,8 +118,12 @@ def test_existing_out_is_refused_and_kept(base_model: Path, sp_model: Path, tmp_
     result = run("model", str(base_model), "-t", str(sp_model), "-o", str(out))
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "keep.txt").read_text() == "mine"
+    forced = run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--force")
+    assert forced.exit_code == 2 and "not written by transplant" in forced.output  # not ours: never replaced
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty directory loses nothing
     assert run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--force").exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").exists()
 
 
 def test_tokenizer_ids_beyond_base_rows(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:

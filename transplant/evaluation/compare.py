@@ -25,6 +25,7 @@ from typing import Any
 from transplant import __version__
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document, load_corpus
+from transplant.io.atomic import local_paths, refuse_overlap
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Progress, evaluate_model, load_model
 from transplant.methods import registry
 from transplant.options import build_options
@@ -62,6 +63,7 @@ ProgressFactory = Callable[[str], Progress]  # label -> progress callback for on
 def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | None = None) -> Comparison:
     if not cfg.methods:
         raise UserError("--methods needs at least one method")
+    refuse_overlap(cfg.out, local_paths([cfg.base, cfg.tokenizer, cfg.donor, cfg.corpus]))  # and each method's folder
     for spec in cfg.methods:  # unknown methods and bad options fail before any work starts
         name, options = parse_variant(spec)
         build_options(registry.get(name).Options, options)

@@ -4,13 +4,19 @@ Every output of the tool (exported checkpoints, converted models, downloaded GGU
 vectors) is written to a temporary sibling and renamed into place at the end. One helper,
 so that the cleanup rules are the same everywhere: the temporary is removed on any failure,
 and an existing target that was moved aside to be replaced is put back.
+
+Before any of that, :func:`check_output` decides whether a target may be written at all: an
+existing one is replaced only when it carries the tool's own record (``--force`` must not
+delete a directory of the user's), and never when it is, holds or lies inside something the
+same command reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -18,6 +24,60 @@ from typing import Literal
 from transplant.errors import UserError
 
 Existing = Literal["keep", "replace", "refuse"]
+TOOL = "transplant"  # the "tool" of every record the tool writes (transplant.json, run.json, hypernetwork config.json)
+
+
+def is_ours(path: Path, record: str) -> bool:
+    """Whether ``path`` is a directory this tool wrote: its ``record`` file says ``"tool": "transplant"``.
+    An empty directory counts too: replacing it loses nothing."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / record).read_text()).get("tool") == TOOL
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def local_paths(refs: Iterable[str | Path | None]) -> list[Path]:
+    """The references that name existing local paths (hub ids and packaged names do not)."""
+    return [Path(ref) for ref in refs if ref is not None and str(ref) and Path(ref).exists()]
+
+
+def refuse_overlap(target: Path, paths: Iterable[Path], role: str = "input") -> None:
+    """Refuse a ``target`` that is, holds or lies inside one of ``paths`` (the command's ``role``s)."""
+    where = Path(target).resolve()
+    for path in paths:
+        other = Path(path).resolve()
+        if where == other:
+            relation = "is"
+        elif other.is_relative_to(where):
+            relation = "holds"
+        elif where.is_relative_to(other):
+            relation = "lies inside"
+        else:
+            continue
+        raise UserError(f"{target} {relation} the {role} {path}: choose another path")
+
+
+def check_output(target: Path, record: str, inputs: Iterable[str | Path | None] = (), replace: bool = False,
+                 exists: str = "exists; pass --force to replace it") -> None:
+    """Refuse, in one line and before any work, to write ``target`` where that could destroy what
+    the tool does not own: an input of the same command (``inputs``: references, of which only
+    local paths can overlap), or an existing path that does not carry the tool's ``record`` (see
+    :func:`is_ours`). An existing target of ours needs ``replace`` (``--force``, or ``--resume``
+    for a run directory); ``exists`` says what to pass."""
+    refuse_overlap(target, local_paths(inputs))
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not replace:
+        raise UserError(f"{target} {exists}")
+    if not is_ours(target, record):
+        raise UserError(f"{target} was not written by transplant (no {record} of its own): it is never replaced; "
+                        "move it away or choose another path")
 
 
 def _remove(path: Path) -> None:

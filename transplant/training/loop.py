@@ -25,6 +25,7 @@ import shutil
 import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -36,6 +37,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 
 from transplant.inputs.corpus import texts
 from transplant.errors import UserError
+from transplant.io.atomic import TOOL, check_output, refuse_overlap
 from transplant.options import build_options
 
 T = TypeVar("T")
@@ -120,6 +122,54 @@ def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
 def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready copy of a config dataclass (paths as strings)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+# --- the run directory -------------------------------------------------------------------
+
+RUN_RECORD = "run.json"  # marks a run directory as the tool's and holds the run's settings
+OUTPUT_FIELDS = ("out", "run_dir")  # config fields that name what a run writes
+
+
+def config_inputs(config: Any) -> list[str]:
+    """Every path a config names outside :data:`OUTPUT_FIELDS` (model, base, corpora, vectors,
+    ...): what the run reads, so what its outputs must stay clear of."""
+    values = [getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in OUTPUT_FIELDS]
+    return [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, (str, Path))]
+
+
+def check_run_outputs(config: Any, out: Path, record: str, run: Path, resume: bool, force: bool) -> None:
+    """Refuse, before anything loads, a run whose result ``out`` (marked by ``record``) or run
+    directory would destroy what the tool does not own, overlap an input, or overlap each other
+    (the export would replace the run's checkpoints, or a fresh run the result)."""
+    refuse_overlap(run, [out], role="output")
+    inputs = config_inputs(config)
+    check_output(out, record, inputs, replace=force)
+    check_output(run, RUN_RECORD, inputs, replace=resume or force,
+                 exists="holds an earlier run; pass --resume to continue it or --force to start over")
+
+
+@contextmanager
+def run_directory(run: Path, config: dict[str, Any], resume: bool, state: Accelerator) -> Iterator[Path]:
+    """The directory of one training run, for the block that trains; ``state`` is the run's
+    Accelerator (which process is the main one).
+
+    A new run (no ``resume``, or nothing to resume) replaces the directory, which the config
+    check made sure is the tool's, and marks it with :data:`RUN_RECORD`. If the block fails
+    before any checkpoint was written, the directory goes too: it holds nothing to resume, and
+    left behind it would only block the rerun."""
+    continuing = resume and (run / RUN_RECORD).is_file()
+    if not continuing and state.is_main_process:
+        check_output(run, RUN_RECORD, replace=True)
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        (run / RUN_RECORD).write_text(json.dumps({"tool": TOOL, "config": config}, indent=2) + "\n")
+    state.wait_for_everyone()
+    try:
+        yield run
+    except BaseException:
+        if not continuing and state.is_main_process and not any(checkpoints(d.parent) for d in run.rglob("checkpoints")):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 # --- data --------------------------------------------------------------------------------
@@ -303,8 +353,9 @@ class Task(Protocol):
         when the held-out figure has stopped improving (early stopping)."""
         ...
 
-    def export(self, model: torch.nn.Module, out: Path) -> None:
-        """Write the finished artifact into ``out`` (main process only)."""
+    def export(self, model: torch.nn.Module, run: Path) -> None:
+        """Write the finished artifact (main process only); ``run`` is the directory :func:`fit`
+        trained in (its checkpoints and ``log.jsonl``)."""
         ...
 
     def state_objects(self) -> list[Any]:
