@@ -95,7 +95,7 @@ def fsync_tree(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (a rename is a change to the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,7 +153,7 @@ def atomic_path(target: Path, existing: Existing = "keep", suffix: str = "") -> 
             os.replace(target, old)
             moved_aside = True
         _publish(tmp, target, existing)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         if moved_aside and not target.exists():
             os.replace(old, target)
