@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transplant.errors import UserError
+from transplant.io.atomic import exit_on_sigterm
 
 CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."
 MAX_DOCS_HELP = "Keep the first N documents of each group (lang/domain)."
@@ -27,6 +28,11 @@ app.add_typer(hypernet_app, name="hypernet")
 console = Console(stderr=True)
 # Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
+
+
+@app.callback()
+def main() -> None:
+    exit_on_sigterm()  # SIGTERM cleans up as Ctrl-C does: no OUT.tmp-<pid> left behind
 
 
 def user_errors(command: Callable) -> Callable:

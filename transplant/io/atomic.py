@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +107,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(target: Path, suffix: str) -> None:
+    """Remove the temporaries of ``target`` whose writer is gone: a SIGKILL or a power cut
+    leaves ``OUT.tmp-<pid>`` (gigabytes for a real model) that nothing else would remove."""
+    stale = re.compile(re.escape(target.name) + r"\.tmp-(\d+)" + re.escape(suffix))
+    for path in target.parent.iterdir():
+        found = stale.fullmatch(path.name)
+        if found and not _running(int(found.group(1))):
+            _remove(path)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (kill, a timeout, a batch scheduler, torchrun stopping its workers) unwind
+    the program as Ctrl-C does, exit status 143, instead of ending it on the spot: the
+    temporaries of :func:`atomic_path` and a run directory that holds nothing yet are removed
+    on the way out. Signal handlers belong to the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 def _publish(tmp: Path, target: Path, existing: Existing) -> None:
     """Rename ``tmp`` to ``target``, unless a ``target`` that appeared meanwhile wins.
 
@@ -135,13 +173,14 @@ def atomic_path(target: Path, existing: Existing = "keep", suffix: str = "") -> 
       anything fails (the block, or the final rename), it is put back.
     - ``"refuse"`` (an output the user did not ask to replace): a UserError; theirs is kept.
 
-    The temporary is removed whatever happens. ``suffix`` is kept at the end of the temporary
-    name (e.g. ``.npy``).
+    The temporary is removed whatever happens (and those of writers that are gone, first).
+    ``suffix`` is kept at the end of the temporary name (e.g. ``.npy``).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}{suffix}")
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    _remove_stale(target, suffix)
     _remove(tmp)
     moved_aside = False
     try:
