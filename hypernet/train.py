@@ -46,7 +46,7 @@ from transplant.hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, s
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import read_embeddings
 from transplant.errors import UserError
-from transplant.inputs.corpus import check_corpora, load_corpus
+from transplant.inputs.corpus import check_corpora, load_corpus, read_corpora
 from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
 from transplant.io.sources import resolve_model
 from transplant.vocab.surface import vocabulary
@@ -322,6 +322,7 @@ def swapped_embeddings(lm, rows_in: torch.Tensor, rows_out: torch.Tensor) -> Ite
 
 def train(cfg: HypernetTrainConfig) -> Path:
     """Train a hypernetwork as ``cfg`` says; returns the directory ``--method zett`` reads."""
+    read_corpora(check_corpora(cfg.corpus))  # a bad line anywhere: one line now, before the base loads
     accelerator = make_accelerator(cfg)
     task = HypernetTask(cfg, accelerator)
     with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):

@@ -197,7 +197,7 @@ def train(
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", help="Stage 2 steps (every weight, stage2_lr); 0 = none."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0 = start and end only)."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in OUT.run (same settings as the run began with)."),
     force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run (only if transplant wrote them)."),
 ) -> None:
     """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
@@ -236,7 +236,7 @@ def hypernet_train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (recipes/hypernet/*.yaml)."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="zett: held-out text scored every eval_every steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides the config)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in HN_DIR.run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in HN_DIR.run (same settings as the run began with)."),
     force: bool = typer.Option(False, "--force", help="Start over: replace HN_DIR and HN_DIR.run (only if transplant wrote them)."),
 ) -> None:
     """Train a hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""

@@ -9,12 +9,14 @@ transplant (base, tokenizer, donor, method, options, seed, chat template, tool v
 else it is made again.
 
 A method may carry options, so variants of one method compete side by side:
-``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0/`.
+``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0-<hash>/`
+(a short hash of the whole spec: options may hold paths, and ``a/b`` and ``a_b`` differ).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -104,6 +106,16 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
+def variant_dir(out: Path, spec: str) -> Path:
+    """``OUT/<spec>``, each run of characters a folder name should not hold replaced by ``_``;
+    when any was, a short hash of the whole spec follows, so that two variants whose options
+    differ only there (paths ``a/b`` and ``a_b``) do not share, and overwrite, one folder."""
+    name = re.sub(r"[^\w.=-]+", "_", spec)
+    if name != spec:
+        name += "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+    return out / name
+
+
 def _request(config: TransplantConfig) -> dict[str, Any]:
     """The fields of ``transplant.json`` that say which transplant a checkpoint is, as ``config`` would write them."""
     method = registry.get(config.method)
@@ -122,7 +134,7 @@ def _request(config: TransplantConfig) -> dict[str, Any]:
 
 def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     """``OUT/<spec>/``: transplanted now, or reused when it holds exactly the transplant asked for."""
-    out = cfg.out / re.sub(r"[^\w.=-]+", "_", spec)  # options may hold paths: one folder per variant
+    out = variant_dir(cfg.out, spec)
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
                               donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device)

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE
 from transplant.errors import UserError
-from transplant.inputs.corpus import Document, check_corpora, load_corpus
+from transplant.inputs.corpus import Document, check_corpora, load_corpus, read_corpora
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
 from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
@@ -312,6 +312,7 @@ def train(cfg: ContinuedConfig) -> PreTrainedModel:
     """Run every stage of ``cfg`` and write the trained checkpoint to ``cfg.out``; returns the
     trained model (on every process)."""
     docs = eval_documents(cfg)  # a bad eval corpus is one line, before any model loads
+    read_corpora(check_corpora(cfg.corpus))  # and so is a bad line anywhere in the training corpus
     loaded = load_transplanted(cfg)
     with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, make_accelerator(cfg)):
         for number, stage_cfg in stage_configs(cfg):

@@ -132,6 +132,9 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 RUN_RECORD = "run.json"  # marks a run directory as the tool's and holds the run's settings
 OUTPUT_FIELDS = ("out", "run_dir")  # config fields that name what a run writes
+# Settings a resume may change: where the result goes and how often the run reports and saves.
+# Any other (corpus, lr, seq_len, steps, seed, ...) would make the result neither run's.
+RESUMABLE_CHANGES = frozenset({*OUTPUT_FIELDS, "resume", "force", "log_every", "save_every", "keep_checkpoints"})
 
 
 def config_inputs(config: Any) -> list[str]:
@@ -150,6 +153,18 @@ def check_run_outputs(config: Any, out: Path, record: str, run: Path, resume: bo
     check_output(out, record, inputs, replace=force)
     check_output(run, RUN_RECORD, inputs, replace=resume or force,
                  exists="holds an earlier run; pass --resume to continue it or --force to start over")
+    if resume and (run / RUN_RECORD).is_file():
+        _check_same_settings(run, config_dict(config))
+
+
+def _check_same_settings(run: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume ``run`` under settings other than those it started with (its run.json)."""
+    saved = json.loads((run / RUN_RECORD).read_text()).get("config", {})
+    changed = [f"{key} {saved.get(key)} -> {value}" for key, value in config.items()
+               if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+    if changed:
+        raise UserError(f"{run} holds a run with other settings ({', '.join(changed)}): resume it with the same "
+                        "ones, or pass --force to start over")
 
 
 @contextmanager
