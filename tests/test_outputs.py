@@ -34,10 +34,15 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def tied_base(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama(bpe_tokenizer(corpus_file), tmp_path_factory.mktemp("base"), tied=True)
+
+
 @pytest.fixture
-def inputs(base_model: Path, sp_model: Path, tmp_path: Path) -> dict[str, Path]:
+def inputs(tied_base: Path, sp_model: Path, tmp_path: Path) -> dict[str, Path]:
     """Copies of a base and a tokenizer the test may lose, a transplant of them, and a directory of the user's."""
-    base = shutil.copytree(base_model, tmp_path / "base")
+    base = shutil.copytree(tied_base, tmp_path / "base")
     tokenizer = tmp_path / "tok" / "sp.model"
     tokenizer.parent.mkdir()
     shutil.copy(sp_model, tokenizer)
