@@ -4,8 +4,8 @@ A hypernetwork predicts rows *in one base model's embedding space*: applied to a
 base it writes plausible-looking nonsense. So its directory records the base's hidden size,
 whether it is tied, and a hash of its vocabulary and embedding matrices, and applying it to
 any other base is refused with one line. Both kinds store a directory the same way:
-``config.json`` (a format tag, the network's config, whatever the trainer measured) and
-``model.safetensors``.
+``config.json`` (the tool, a format tag, the network's config, whatever the trainer measured)
+and ``model.safetensors``; the tool's name in ``config.json`` is what lets ``--force`` replace it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from transplant.errors import UserError
+from transplant.io.atomic import TOOL
 
 
 CONFIG_FILE = "config.json"
@@ -31,7 +32,7 @@ def save_directory(model: torch.nn.Module, config: Any, fmt: str, out: Path, ext
     """Write ``out/model.safetensors`` and ``out/config.json`` (``fmt``, ``config``, ``extra``)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
-    record = {"format": fmt, "config": asdict(config), **(extra or {})}
+    record = {"tool": TOOL, "format": fmt, "config": asdict(config), **(extra or {})}
     (out / CONFIG_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from transformers import AutoTokenizer
 
 from transplant.hypernet.fingerprint import base_hash
 from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
-from transplant.hypernet.zett_train import HypernetRunConfig
+from transplant.hypernet.zett_train import HypernetRunConfig, write_hypernet_dir
 from transplant.hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
 from transplant.io.checkpoint import read_embeddings
 from transplant.inputs.corpus import check_corpora
@@ -40,7 +39,7 @@ from transplant.inputs.fasttext import FastTextOptions, load_vectors, train_vect
 from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
-from transplant.training.loop import StepOutput, config_dict, fit, make_accelerator
+from transplant.training.loop import StepOutput, config_dict, fit, make_accelerator, run_directory
 
 
 @dataclass
@@ -182,12 +181,12 @@ class HyperOfaTask:
         """Early stopping: ``patience`` evaluations in a row without a better held-out loss."""
         return self.cfg.patience > 0 and self.step - self.best.step >= self.cfg.patience * max(1, self.cfg.eval_every)
 
-    def export(self, model: HyperOfaNetwork, out: Path) -> None:
+    def export(self, model: HyperOfaNetwork, run: Path) -> None:
         """The best held-out weights, with the vectors, words and what the run measured."""
         model.load_state_dict(self.best.weights | {"vectors": model.vectors})
         record = {"best_step": self.best.step, "heldout": self.best.figures, "heldout_ids": self.heldout.tolist(),
                   "training": config_dict(self.cfg), **self.extra}
-        save_hyperofa(model, self.words, out, record)
+        write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, record))
 
     def state_objects(self) -> list:
         return [self.best]
@@ -233,10 +232,9 @@ def train(cfg: HyperOfaTrainConfig) -> Path:
     targets = {"input": base_input} if base_output is None else {"input": base_input, "output": base_output}
     extra = {"base": cfg.base, "timings": timings, "base_tokens_with_vectors": len(examples)}
     task = HyperOfaTask(cfg, model, sets, words, targets, examples, accelerator.device, extra)
-    if accelerator.is_main_process and cfg.force and not cfg.resume:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     started = time.perf_counter()
-    fit(task, cfg, out, accelerator, resume=cfg.resume)
+    with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
+        fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)
     accelerator.print(f"trained in {time.perf_counter() - started:.0f} s; best held-out step {task.best.step}: "
                       + " ".join(f"{k} {v:.4f}" for k, v in task.best.figures.items()))
     return out

@@ -48,11 +48,12 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
-from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.fingerprint import CONFIG_FILE, base_hash
 from transplant.hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
+from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import read_embeddings
 from transplant.errors import UserError
-from transplant.inputs.corpus import check_corpora, load_corpus
+from transplant.inputs.corpus import check_corpora, load_corpus, read_corpora
 from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
 from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
@@ -63,7 +64,8 @@ from transplant.training.distill import (
     hf_encoder, hf_reader, read_pair, tokenizers_encoder,
 )
 from transplant.training.loop import (
-    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, text_chunks,
+    StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config, make_accelerator,
+    run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -73,7 +75,8 @@ NO_TOKEN = -1  # the token grid's padding, and its prefix column: the LM reads t
 @dataclass
 class HypernetRunConfig(TrainConfig):
     """What every hypernetwork trainer needs (``--kind zett`` and ``hyperofa``): the base it
-    is for and HN_DIR, which holds an earlier run unless it is empty."""
+    is for and HN_DIR, the finished hypernetwork, written atomically at the end like every
+    output; checkpoints and the log go to the run directory HN_DIR.run until then."""
 
     base: str = ""
     out: str = ""
@@ -84,9 +87,20 @@ class HypernetRunConfig(TrainConfig):
         super().__post_init__()
         if not self.base or not self.out:
             raise UserError("hypernet training needs a base model (--base) and an output directory (-o)")
-        out = Path(self.out)
-        if out.exists() and any(out.iterdir()) and not (self.resume or self.force):
-            raise UserError(f"{out} exists and is not empty; pass --resume to continue it or --force to start over")
+        check_run_outputs(self, Path(self.out), CONFIG_FILE, self.run_path, self.resume, self.force)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(f"{self.out}.run")
+
+
+def write_hypernet_dir(cfg: HypernetRunConfig, run: Path, save: Callable[[Path], None]) -> None:
+    """HN_DIR, atomically: what ``save`` writes into a directory (the network and its config)
+    and the run's ``log.jsonl``. ``--force`` replaces an earlier one only now, at the end."""
+    with atomic_path(Path(cfg.out), existing="replace" if cfg.force else "refuse") as tmp:
+        tmp.mkdir()
+        save(tmp)
+        shutil.copy(run / "log.jsonl", tmp / "log.jsonl")
 
 
 @dataclass
@@ -320,8 +334,9 @@ class HypernetTask:
         rows_out = rows_in if model.config.tied else torch.cat([p[1] for p in parts])
         return rows_in, rows_out
 
-    def export(self, model: HyperNetwork, out: Path) -> None:
-        save_hypernet(model, out, {"base": self.cfg.base, "training": config_dict(self.cfg)})
+    def export(self, model: HyperNetwork, run: Path) -> None:
+        record = {"base": self.cfg.base, "training": config_dict(self.cfg)}
+        write_hypernet_dir(self.cfg, run, lambda out: save_hypernet(model, out, record))
 
     def should_stop(self) -> bool:
         return False
@@ -377,11 +392,10 @@ def swapped_embeddings(lm, rows_in: torch.Tensor, rows_out: torch.Tensor) -> Ite
 
 def train(cfg: HypernetTrainConfig) -> Path:
     """Train a hypernetwork as ``cfg`` says; returns the directory ``--method zett`` reads."""
-    out = Path(cfg.out)
+    read_corpora(check_corpora(cfg.corpus))  # a bad line anywhere: one line now, before the base loads
     accelerator = make_accelerator(cfg)
     task = HypernetTask(cfg, accelerator)
-    if accelerator.is_main_process and cfg.force and not cfg.resume:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    fit(task, cfg, out, accelerator, resume=cfg.resume)
-    return out
+    with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
+        fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)
+    return Path(cfg.out)
 

@@ -118,8 +118,12 @@ def test_existing_out_is_refused_and_kept(base_model: Path, sp_model: Path, tmp_
     result = run("model", str(base_model), "-t", str(sp_model), "-o", str(out))
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "keep.txt").read_text() == "mine"
+    forced = run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--force")
+    assert forced.exit_code == 2 and "not written by transplant" in forced.output  # not ours: never replaced
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty directory loses nothing
     assert run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--force").exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").exists()
 
 
 def test_tokenizer_ids_beyond_base_rows(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
@@ -163,6 +167,39 @@ def test_killed_mid_write_leaves_no_out(corpus_file: Path, sp_model: Path, tmp_p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+
+
+def test_sigterm_mid_write_removes_the_temporary(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    """SIGTERM (kill, a timeout, a batch scheduler) cleans up like Ctrl-C: no OUT.tmp-<pid> left."""
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6, max_shard_size="2MB")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(out)],
+                            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("out.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.fail("the export finished before it could be interrupted")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_temporaries_of_processes_that_are_gone_are_removed(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
+    """A SIGKILL leaves OUT.tmp-<pid> (gigabytes on real models): the next write of OUT removes
+    it once that process is gone, and leaves alone the one of a process still writing."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (gone.pid, alive.pid):
+            (tmp_path / f"out.tmp-{pid}").mkdir()
+            (tmp_path / f"out.tmp-{pid}" / "model.safetensors").write_bytes(b"partial")
+        assert run("model", str(base_model), "-t", str(sp_model), "-o", str(tmp_path / "out")).exit_code == 0
+        assert [p.name for p in tmp_path.glob("out.tmp-*")] == [f"out.tmp-{alive.pid}"]
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.evaluation.compare import CompareConfig, compare
+from transplant.evaluation.compare import CompareConfig, compare, variant_dir
 from transplant.evaluation.evaluate import EvalConfig
 
 
@@ -23,7 +24,7 @@ def config(corpus_file: Path, sp_model: Path, tmp_path: Path) -> CompareConfig:
 
 
 def _record(config: CompareConfig, method: str) -> dict:
-    return json.loads((config.out / method.replace(":", "_") / "transplant.json").read_text())
+    return json.loads((variant_dir(config.out, method) / "transplant.json").read_text())
 
 
 def test_same_request_is_reused(config: CompareConfig) -> None:
@@ -58,3 +59,18 @@ def test_changed_request_is_transplanted_again(config: CompareConfig, change: st
     record = _record(changed, "subword")
     assert (record["seed"], record["tokenizer"], record["options"]) == (changed.seed, changed.tokenizer,
                                                                         {"subword_weighting": "mean"})
+
+
+def test_variants_whose_names_differ_only_in_punctuation_get_their_own_folders(config: CompareConfig,
+                                                                               encoder_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """``tokenadapt:aux_model=enc/a/b`` and ``…=enc/a_b`` were both written to one folder
+    (each overwriting the other); a short hash of the whole spec tells them apart."""
+    slash, underscore = tmp_path / "enc" / "a" / "b", tmp_path / "enc" / "a_b"
+    for where in (slash, underscore):
+        shutil.copytree(encoder_dir, where)
+    specs = (f"tokenadapt:aux_model={slash}", f"tokenadapt:aux_model={underscore}")
+    compare(dataclasses.replace(config, methods=specs), log=lambda line: None)
+    records = [json.loads(p.read_text()) for p in sorted(config.out.glob("*/transplant.json"))]
+    assert sorted(r["options"]["aux_model"] for r in records) == sorted(map(str, (slash, underscore)))
+

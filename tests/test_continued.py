@@ -263,3 +263,58 @@ def test_recipes_hold_known_training_keys(recipe: Path) -> None:
     spec = load_recipe(recipe)
     assert set(spec.train) <= {f.name for f in fields(ContinuedConfig)} and spec.out
     assert not any("debian-reference" in str(c) for c in spec.train["corpus"])  # the evaluation book
+
+
+def crash_in_stage_one(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    real_loss = ContinuedTask.loss
+
+    def crashing(self, model, examples, step, seed):
+        if self.stage == 1 and step == at_step:
+            raise Crash
+        return real_loss(self, model, examples, step, seed)
+
+    monkeypatch.setattr(ContinuedTask, "loss", crashing)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_the_rerun(transplanted: Path, texts: Path,
+                                                                                tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        crash_in_stage_one(patch, at_step=0)
+        with pytest.raises(Crash):
+            train(config(transplanted, texts, tmp_path / "trained", eval_corpus=None))
+    assert not (tmp_path / "trained.run").exists()
+    train(config(transplanted, texts, tmp_path / "trained", eval_corpus=None, steps=2))  # no --force needed
+    assert (tmp_path / "trained" / "transplant.json").is_file()
+
+
+def test_resume_with_other_data_or_optimizer_settings_is_refused(transplanted: Path, texts: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        crash_in_stage_one(patch, at_step=2)  # the checkpoint of step 2 survives
+        with pytest.raises(Crash):
+            train(config(transplanted, texts, tmp_path / "cut", eval_corpus=None))
+    other = tmp_path / "other.txt"
+    other.write_text((texts / "train.txt").read_text())
+    for changed, fields in [({"lr": 5e-3, "seq_len": 16}, "lr 0.01 -> 0.005, seq_len 32 -> 16"),
+                            ({"corpus": [str(other)]}, "corpus")]:
+        with pytest.raises(UserError, match="other settings") as refused:
+            config(transplanted, texts, tmp_path / "cut", eval_corpus=None, resume=True, **changed)
+        assert fields in str(refused.value) and "\n" not in str(refused.value)
+    train(config(transplanted, texts, tmp_path / "cut", eval_corpus=None, resume=True, log_every=1))  # same run: fine
+
+
+def test_a_corpus_line_that_is_not_utf8_stops_the_run_before_training(transplanted: Path, texts: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "late.txt"
+    lines = (texts / "train.txt").read_bytes().splitlines(keepends=True)
+    corpus.write_bytes(b"".join(lines[:-1]) + "caf\u00e9\n".encode("latin-1") + lines[-1])
+
+    def no_loading(*args, **kwargs) -> Transplanted:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("transplant.training.continued.load_transplanted", no_loading)
+    with pytest.raises(UserError, match=f"late.txt:{len(lines)}: not UTF-8"):
+        train(config(transplanted, texts, tmp_path / "trained", corpus=[str(corpus)], eval_corpus=None))
+    assert not (tmp_path / "trained.run").exists()
+

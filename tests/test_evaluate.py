@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from transplant.cli import app
 from conftest import bpe_tokenizer, tiny_llama
-from transplant.evaluation.compare import CompareConfig, compare
+from transplant.evaluation.compare import CompareConfig, compare, variant_dir
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document
 from transplant.evaluation.evaluate import (
@@ -262,9 +262,9 @@ def test_compare_ranks_methods_and_writes_report(tiny_base: Path, sp_model: Path
     ratios = {name: m["overall"]["byte_ppl"] / base_ppl for name, m in record["methods"].items()}
     assert [r["method"] for r in record["ranking"]] == sorted(methods, key=ratios.get)
     assert [r["ratio"]["overall"] for r in record["ranking"]] == pytest.approx(sorted(ratios.values()))
-    assert '"subword_weighting": "first"' in (tmp_path / "cmp" / "subword_subword-weighting=first" / "transplant.json").read_text()
+    assert '"subword_weighting": "first"' in (variant_dir(tmp_path / "cmp", methods[2]) / "transplant.json").read_text()
     for name in methods:
-        assert (tmp_path / "cmp" / name.replace(":", "_") / "transplant.json").is_file()
+        assert (variant_dir(tmp_path / "cmp", name) / "transplant.json").is_file()
         assert record["methods"][name]["overall"]["bytes"] == record["base"]["overall"]["bytes"]
         assert set(record["ranking"][0]["ratio"]) == {"de", "en", "overall"}
         assert "counts" in record["transplants"][name]

@@ -26,7 +26,7 @@ from transplant.methods.base import Context
 from transplant.methods.baselines import subword_rows
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.io.tokenizer import load_tokenizer
-from transplant.training.loop import fit, load_config, make_accelerator
+from transplant.training.loop import config_dict, fit, load_config, make_accelerator, run_directory
 from transplant.vocab.matching import match_vocabularies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,10 +171,11 @@ def train_tiny(cfg: HypernetTrainConfig, crash_at: int | None = None) -> list[di
     task = CrashingTask(cfg, accelerator)
     task.crash_at = crash_at
     try:
-        fit(task, cfg, Path(cfg.out), accelerator, resume=cfg.resume)
+        with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
+            fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)
     except Crash:
         pass
-    return [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (cfg.run_path / "log.jsonl").read_text().splitlines()]
 
 
 def test_resume_continues_step_count_and_loss_curve(tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_two_process_accelerate_launch_agrees(tiny: dict[str, Path], tmp_path: P
         f"cfg = load_config(HypernetTrainConfig, None, **{vars(tiny_config(tiny, tmp_path / 'hn', steps=3))!r})\n"
         "accelerator = make_accelerator(cfg)\n"
         "task = HypernetTask(cfg, accelerator)\n"
-        "fit(task, cfg, Path(cfg.out), accelerator)\n"
+        "fit(task, cfg, cfg.run_path, accelerator)\n"
         "save_file(dict(task.model.state_dict()), Path(cfg.out) / f'rank{accelerator.process_index}.safetensors')\n"
     )
     # `--cpu` alone would need mpirun for two processes; torchrun's launcher (`--multi_gpu`) with

@@ -119,7 +119,7 @@ def test_training_recovers_a_linear_map_of_the_word_vectors(tmp_path: Path) -> N
     model = HyperOfaNetwork(config, vectors)
     accelerator = make_accelerator(cfg)
     task = HyperOfaTask(cfg, model, sets, words, {"input": targets}, torch.arange(len(targets)), accelerator.device, {})
-    fit(task, cfg, Path(cfg.out), accelerator)
+    fit(task, cfg, cfg.run_path, accelerator)
 
     log = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
     evals = [r["eval"] for r in log if "eval" in r]

@@ -165,6 +165,66 @@ def test_fit_lowers_loss_and_resume_matches_an_uninterrupted_run(tmp_path: Path)
     assert len(list((tmp_path / "cut" / "checkpoints").iterdir())) == cfg.keep_checkpoints
 
 
+def _damage(checkpoints: Path, how: str) -> Path:
+    """Leave the newest checkpoint (step 6) as a SIGKILL or a full disk during its writing would."""
+    newest = checkpoints / "step-00000006"
+    if how == "truncated":  # the weights cut off mid-write (ulimit -f, a full disk)
+        weights = newest / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "missing file":  # killed before the optimizer state was written
+        (newest / "optimizer.bin").unlink()
+    else:  # killed while the next checkpoint was still under its temporary name
+        newest = checkpoints / "step-00000008.tmp"
+        newest.mkdir()
+        (newest / "model.safetensors").write_bytes(b"partial")
+    return newest
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing file", "temporary"])
+def test_resume_skips_a_checkpoint_cut_mid_write(tmp_path: Path, how: str, capsys: pytest.CaptureFixture) -> None:
+    """Resume from the newest *complete* checkpoint, say which, drop the broken one, and end
+    exactly where an uninterrupted run ends."""
+    cfg = TrainConfig(steps=12, warmup_steps=2, lr=3e-2, batch_size=4, grad_accum=2, save_every=2, log_every=100,
+                      mixed_precision="no", shuffle_buffer=0)
+    whole = [r for r in run(tmp_path / "whole", cfg) if "loss" in r]
+    run(tmp_path / "cut", cfg, crash_at=6)  # checkpoints of steps 4 and 6 kept, dies during step 7
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    broken = _damage(checkpoints, how)
+    capsys.readouterr()
+    resumed = [r for r in run(tmp_path / "cut", cfg, resume=True) if "loss" in r]
+    said = [line for line in capsys.readouterr().out.splitlines() if "resum" in line]
+    restart = 4 if how != "temporary" else 6
+    assert len(said) == 1 and f"step-{restart:08d}" in said[0], said
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    final = [torch.load(tmp_path / d / "final.pt") for d in ("whole", "cut")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    assert not broken.exists()
+
+
+class Planted:
+    """A pickle that, when loaded, creates a file: what a hostile run directory could hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_loads_no_pickle_that_can_run_code(tmp_path: Path) -> None:
+    """The loop's own state (step, tokens, data position, the task's objects) is JSON and
+    safetensors; accelerate's files load with torch's weights-only unpickler."""
+    cfg = TrainConfig(steps=6, warmup_steps=2, lr=3e-2, batch_size=4, save_every=2, log_every=100,
+                      mixed_precision="no", shuffle_buffer=0)
+    run(tmp_path / "cut", cfg, crash_at=4)
+    newest = tmp_path / "cut" / "checkpoints" / "step-00000004"
+    marker = tmp_path / "code-ran"
+    for i in range(2):  # accelerate's name for the state of registered objects (here: progress, data position)
+        torch.save(Planted(marker), newest / f"custom_checkpoint_{i}.pkl")
+    run(tmp_path / "cut", cfg, resume=True)
+    assert not marker.exists()
+
+
 def test_a_task_can_stop_the_run_early_and_it_still_exports(tmp_path: Path) -> None:
     """Early stopping: the task says so after an evaluation; the loop ends there, without a
     second evaluation of the same step, and the artifact is written as after the last step."""

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transplant.errors import UserError
+from transplant.io.atomic import exit_on_sigterm
 
 CORPUS_HELP = ".txt (blank-line-separated documents) or .jsonl (text, optional lang/domain)."
 MAX_DOCS_HELP = "Keep the first N documents of each group (lang/domain)."
@@ -29,6 +30,11 @@ app.add_typer(hypernet_app, name="hypernet")
 console = Console(stderr=True)
 # Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
+
+
+@app.callback()
+def main() -> None:
+    exit_on_sigterm()  # SIGTERM cleans up as Ctrl-C does: no OUT.tmp-<pid> left behind
 
 
 def user_errors(command: Callable) -> Callable:
@@ -59,7 +65,7 @@ def model(
     chat_template: str = typer.Option("base", "--chat-template", help="Keep the 'base' model's chat template or the 'new' tokenizer's."),
     pad_to_multiple_of: int = typer.Option(1, "--pad-to-multiple-of", help="Pad the vocabulary rows to a multiple (zero rows)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe naming base, tokenizer, donor, method, options, seed, out."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and transplant wrote it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -172,8 +178,8 @@ def train(
     objective: Optional[str] = typer.Option(None, "--objective", help="lm: the LM loss on the text; alm: self-distillation from the base (its likelihoods of the same text) plus lm_weight x the LM loss."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0 = start and end only)."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT.run."),
-    force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in OUT.run (same settings as the run began with)."),
+    force: bool = typer.Option(False, "--force", help="Start over: replace OUT and OUT.run (only if transplant wrote them)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
     """Continued pretraining of a transplanted MODEL; one process, or several under `accelerate launch -m transplant train`."""
@@ -206,13 +212,13 @@ def hypernet_train(
     corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="zett: training text, .txt or .jsonl (repeat for several); never the evaluation book."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="hyperofa: word vectors (.bin fastText, .vec/.txt word2vec, .kv/.model gensim)."),
     train_vectors: Optional[list[str]] = typer.Option(None, "--train-vectors", help="hyperofa: train fastText word vectors on this .txt/.jsonl (repeat for several)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="HN_DIR: the hypernetwork, its checkpoints and log.jsonl."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="HN_DIR: the hypernetwork (written at the end); checkpoints and log go to HN_DIR.run."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training settings (recipes/hypernet/*.yaml)."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval-corpus", help="zett: held-out text scored every eval_every steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides the config)."),
     objective: Optional[str] = typer.Option(None, "--objective", help="zett: lm (cross-entropy) or alm (self-distillation from the base, plus lm_weight x the cross-entropy)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in HN_DIR."),
-    force: bool = typer.Option(False, "--force", help="Start over in an HN_DIR that holds an earlier run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in HN_DIR.run (same settings as the run began with)."),
+    force: bool = typer.Option(False, "--force", help="Start over: replace HN_DIR and HN_DIR.run (only if transplant wrote them)."),
 ) -> None:
     """Train a hypernetwork for BASE; one process, or several under `accelerate launch -m transplant hypernet train`."""
     from transplant import hypernet

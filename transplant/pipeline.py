@@ -14,14 +14,14 @@ from transformers import PreTrainedTokenizerBase
 from transplant import __version__
 from transplant.device import resolve_device
 from transplant.vocab.chat import ChatMode, adopt_chat_template
-from transplant.io.checkpoint import INITIALIZED_FILE, Embeddings, export, read_embeddings
+from transplant.io.atomic import check_output
+from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, export, read_embeddings
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
 from transplant.options import build_options
 from transplant.progress import Stages
 from transplant.io.sources import resolve_model
-from transplant.io.outputs import check_output_dir
 from transplant.io.tokenizer import check_fits, load_tokenizer
 from transplant.io.trust import Trust
 from transplant.vocab.matching import VocabMatch, match_vocabularies
@@ -95,6 +95,13 @@ def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which,
     return rows
 
 
+def _inputs(cfg: TransplantConfig) -> list[str | Path | None]:
+    """What the transplant reads: base, tokenizer, donor, and any path among the method's options
+    (a hypernetwork directory, a corpus, word vectors)."""
+    paths = [value for value in cfg.options.values() if isinstance(value, (str, Path))]
+    return [cfg.base, cfg.tokenizer, cfg.donor, *paths]
+
+
 def _timings_until_now(stages: Stages, running: dict[str, float]) -> dict[str, float]:
     """The finished stages' timings, and each clock still running (name -> start) up to now.
     transplant.json is the last file written, so only the final flush and rename escape it."""
@@ -108,11 +115,9 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     started = time.perf_counter()
     method_cls = registry.get(cfg.method)
     options = build_options(method_cls.Options, cfg.options)
-    if cfg.out.exists() and not cfg.force:
-        raise UserError(f"{cfg.out} exists; pass --force to replace it")
+    check_output(cfg.out, RECORD_FILE, _inputs(cfg), replace=cfg.force)
     if not 1 <= cfg.pad_to_multiple_of <= MAX_PAD_MULTIPLE:
         raise UserError(f"--pad-to-multiple-of must be between 1 and {MAX_PAD_MULTIPLE}, got {cfg.pad_to_multiple_of}")
-    check_output_dir(cfg.out)
     device = resolve_device(cfg.device)
 
     with stages.run("loading base model"):

@@ -9,12 +9,14 @@ transplant (base, tokenizer, donor, method, options, seed, chat template, tool v
 else it is made again.
 
 A method may carry options, so variants of one method compete side by side:
-``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0/`.
+``omp:k=8:pool=0`` is ``--method omp --k 8 --pool 0``, written to `OUT/omp_k=8_pool=0-<hash>/`
+(a short hash of the whole spec: options may hold paths, and ``a/b`` and ``a_b`` differ).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from typing import Any
 from transplant import __version__
 from transplant.errors import UserError
 from transplant.inputs.corpus import Document, load_corpus
+from transplant.io.atomic import local_paths, refuse_overlap
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Progress, evaluate_model, load_model
 from transplant.methods import registry
 from transplant.options import build_options
@@ -67,6 +70,7 @@ ProgressFactory = Callable[[str], Progress]  # label -> progress callback for on
 def compare(cfg: CompareConfig, log: Log = print, progress: ProgressFactory | None = None) -> Comparison:
     if not cfg.methods:
         raise UserError("--methods needs at least one method")
+    refuse_overlap(cfg.out, local_paths([cfg.base, cfg.tokenizer, cfg.donor, cfg.corpus]))  # and each method's folder
     for spec in cfg.methods:  # unknown methods and bad options fail before any work starts
         name, options = parse_variant(spec)
         build_options(registry.get(name).Options, options)
@@ -110,6 +114,16 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
+def variant_dir(out: Path, spec: str) -> Path:
+    """``OUT/<spec>``, each run of characters a folder name should not hold replaced by ``_``;
+    when any was, a short hash of the whole spec follows, so that two variants whose options
+    differ only there (paths ``a/b`` and ``a_b``) do not share, and overwrite, one folder."""
+    name = re.sub(r"[^\w.=-]+", "_", spec)
+    if name != spec:
+        name += "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+    return out / name
+
+
 def _request(config: TransplantConfig) -> dict[str, Any]:
     """The fields of ``transplant.json`` that say which transplant a checkpoint is, as ``config`` would write them."""
     method = registry.get(config.method)
@@ -128,7 +142,7 @@ def _request(config: TransplantConfig) -> dict[str, Any]:
 
 def _transplant(cfg: CompareConfig, spec: str, log: Log) -> Path:
     """``OUT/<spec>/``: transplanted now, or reused when it holds exactly the transplant asked for."""
-    out = cfg.out / re.sub(r"[^\w.=-]+", "_", spec)  # options may hold paths: one folder per variant
+    out = variant_dir(cfg.out, spec)
     method, options = parse_variant(spec)
     config = TransplantConfig(base=cfg.base, tokenizer=cfg.tokenizer, out=out, method=method, options=options,
                               donor=cfg.donor, seed=cfg.seed, force=cfg.force, device=cfg.device,

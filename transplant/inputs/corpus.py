@@ -43,6 +43,15 @@ def check_corpora(paths: Sequence[Path | str]) -> list[Path]:
     return [check_corpus(p) for p in paths]
 
 
+def read_corpora(paths: Sequence[Path]) -> None:
+    """Read every document of the training corpora once, before training: a line that is not
+    UTF-8, or not a JSON document, then stops the run at once in one line, not at step 87 after
+    the model loaded (one pass of reading, small beside any training on the same text)."""
+    for path in paths:
+        for _ in read_documents(path):
+            pass
+
+
 def text_lines(path: Path) -> Iterator[str]:
     """The lines of a text file without their line ends (Windows ones too), streamed; the
     first line that is not UTF-8 stops the reading in one line naming the file and line."""

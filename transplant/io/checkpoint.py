@@ -30,6 +30,9 @@ from transplant.io.trust import Trust, read_json
 # in transplant.json: a 262k vocabulary has ~200k such ids (1 byte a row here, exact, and
 # no re-run of the matching, whose rules may change between versions).
 INITIALIZED_FILE = "initialized.safetensors"
+# The record of a transplanted (or trained) checkpoint; also what marks a directory as one the
+# tool wrote, which --force may replace (transplant.io.atomic.check_output).
+RECORD_FILE = "transplant.json"
 
 
 @dataclass

@@ -43,18 +43,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
-from transplant.io.checkpoint import INITIALIZED_FILE
-from transplant.io.outputs import check_output_dir
+from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE
 from transplant.io.tokenizer import load_tokenizer
 from transplant.io.trust import Trust
 from transplant.errors import UserError
-from transplant.inputs.corpus import Document, check_corpora, load_corpus
+from transplant.inputs.corpus import Document, check_corpora, load_corpus, read_corpora
 from transplant.evaluation.evaluate import EvalConfig, Evaluation, Score, evaluate_model, load_model
 from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
-    StepOutput, TrainConfig, config_dict, documents, fit, load_config, make_accelerator, pack, text_chunks,
+    StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config, make_accelerator, pack,
+    run_directory, text_chunks,
 )
 
 
@@ -103,13 +103,7 @@ class ContinuedConfig(ObjectiveConfig):
             raise UserError(f"need stage2_steps >= 0 and stage2_lr > 0, got {self.stage2_steps} and {self.stage2_lr}")
         if self.eval_docs < 1 or self.eval_length < 2 or self.eval_batch < 1:
             raise UserError("need eval_docs >= 1, eval_length >= 2 and eval_batch >= 1")
-        for output in (Path(self.out), self.run_path):
-            check_output_dir(output)
-        if Path(self.out).exists() and not self.force:
-            raise UserError(f"{self.out} exists; pass --force to replace it")
-        run = self.run_path
-        if run.exists() and any(run.iterdir()) and not (self.resume or self.force):
-            raise UserError(f"{run} holds an earlier run; pass --resume to continue it or --force to start over")
+        check_run_outputs(self, Path(self.out), RECORD_FILE, self.run_path, self.resume, self.force)
 
     @property
     def trust(self) -> Trust:
@@ -307,7 +301,7 @@ class ContinuedTask:
         figures = {f"ratio/{group}": value for group, value in ppl_ratio(new, self.base).items()}
         return figures | {f"bpb/{group}": score.bits_per_byte for group, score in new.groups.items()}
 
-    def export(self, model: PreTrainedModel, out: Path) -> None:
+    def export(self, model: PreTrainedModel, run: Path) -> None:
         """After the last stage, the trained checkpoint; earlier stages leave only RUN/stageN."""
         if self.stage == self.last_stage:
             export_trained(model, self.loaded, self.cfg)
@@ -376,14 +370,13 @@ def train(cfg: ContinuedConfig) -> PreTrainedModel:
     """Run every stage of ``cfg`` and write the trained checkpoint to ``cfg.out``; returns the
     trained model (on every process)."""
     docs = eval_documents(cfg)  # a bad eval corpus is one line, before any model loads
+    read_corpora(check_corpora(cfg.corpus))  # and so is a bad line anywhere in the training corpus
     loaded = load_transplanted(cfg)
-    for number, stage_cfg in stage_configs(cfg):
-        accelerator = make_accelerator(stage_cfg)
-        if number == 1 and cfg.force and not cfg.resume and accelerator.is_main_process:
-            shutil.rmtree(cfg.run_path, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        task = ContinuedTask(cfg, number, loaded, docs, accelerator)
-        fit(task, stage_cfg, cfg.run_path / f"stage{number}", accelerator, resume=cfg.resume)
-        task.close()
-        accelerator.free_memory()  # drops the stage's DDP wrapper and optimizer
+    with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, make_accelerator(cfg)):
+        for number, stage_cfg in stage_configs(cfg):
+            accelerator = make_accelerator(stage_cfg)
+            task = ContinuedTask(cfg, number, loaded, docs, accelerator)
+            fit(task, stage_cfg, cfg.run_path / f"stage{number}", accelerator, resume=cfg.resume)
+            task.close()
+            accelerator.free_memory()  # drops the stage's DDP wrapper and optimizer
     return loaded.model

@@ -10,7 +10,8 @@ Resuming is exact: a checkpoint holds the weights, optimizer, schedule and RNG s
 (``Accelerator.save_state``), the step count and the data position. Data positions are two
 integers (epoch, examples consumed) and resuming replays the stream up to them, so nothing
 about the data has to be serialized and a resumed run sees exactly the examples an
-uninterrupted one would.
+uninterrupted one would. A checkpoint becomes visible only when it is whole (written under a
+temporary name, then renamed), and resuming takes the newest complete one.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
+import re
 import shutil
 import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -33,9 +37,11 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from safetensors.torch import load_file, save_file
 
 from transplant.inputs.corpus import texts
 from transplant.errors import UserError
+from transplant.io.atomic import TOOL, check_output, fsync_dir, fsync_tree, refuse_overlap
 from transplant.options import build_options, check_finite
 
 T = TypeVar("T")
@@ -125,6 +131,69 @@ def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
 def config_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready copy of a config dataclass (paths as strings)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+# --- the run directory -------------------------------------------------------------------
+
+RUN_RECORD = "run.json"  # marks a run directory as the tool's and holds the run's settings
+OUTPUT_FIELDS = ("out", "run_dir")  # config fields that name what a run writes
+# Settings a resume may change: where the result goes and how often the run reports and saves.
+# Any other (corpus, lr, seq_len, steps, seed, ...) would make the result neither run's.
+RESUMABLE_CHANGES = frozenset({*OUTPUT_FIELDS, "resume", "force", "log_every", "save_every", "keep_checkpoints"})
+
+
+def config_inputs(config: Any) -> list[str]:
+    """Every path a config names outside :data:`OUTPUT_FIELDS` (model, base, corpora, vectors,
+    ...): what the run reads, so what its outputs must stay clear of."""
+    values = [getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in OUTPUT_FIELDS]
+    return [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, (str, Path))]
+
+
+def check_run_outputs(config: Any, out: Path, record: str, run: Path, resume: bool, force: bool) -> None:
+    """Refuse, before anything loads, a run whose result ``out`` (marked by ``record``) or run
+    directory would destroy what the tool does not own, overlap an input, or overlap each other
+    (the export would replace the run's checkpoints, or a fresh run the result)."""
+    refuse_overlap(run, [out], role="output")
+    inputs = config_inputs(config)
+    check_output(out, record, inputs, replace=force)
+    check_output(run, RUN_RECORD, inputs, replace=resume or force,
+                 exists="holds an earlier run; pass --resume to continue it or --force to start over")
+    if resume and (run / RUN_RECORD).is_file():
+        _check_same_settings(run, config_dict(config))
+
+
+def _check_same_settings(run: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume ``run`` under settings other than those it started with (its run.json)."""
+    saved = json.loads((run / RUN_RECORD).read_text()).get("config", {})
+    changed = [f"{key} {saved.get(key)} -> {value}" for key, value in config.items()
+               if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+    if changed:
+        raise UserError(f"{run} holds a run with other settings ({', '.join(changed)}): resume it with the same "
+                        "ones, or pass --force to start over")
+
+
+@contextmanager
+def run_directory(run: Path, config: dict[str, Any], resume: bool, state: Accelerator) -> Iterator[Path]:
+    """The directory of one training run, for the block that trains; ``state`` is the run's
+    Accelerator (which process is the main one).
+
+    A new run (no ``resume``, or nothing to resume) replaces the directory, which the config
+    check made sure is the tool's, and marks it with :data:`RUN_RECORD`. If the block fails
+    before any checkpoint was written, the directory goes too: it holds nothing to resume, and
+    left behind it would only block the rerun."""
+    continuing = resume and (run / RUN_RECORD).is_file()
+    if not continuing and state.is_main_process:
+        check_output(run, RUN_RECORD, replace=True)
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        (run / RUN_RECORD).write_text(json.dumps({"tool": TOOL, "config": config}, indent=2) + "\n")
+    state.wait_for_everyone()
+    try:
+        yield run
+    except BaseException:
+        if not continuing and state.is_main_process and not any(checkpoints(d.parent) for d in run.rglob("checkpoints")):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 # --- data --------------------------------------------------------------------------------
@@ -308,8 +377,9 @@ class Task(Protocol):
         when the held-out figure has stopped improving (early stopping)."""
         ...
 
-    def export(self, model: torch.nn.Module, out: Path) -> None:
-        """Write the finished artifact into ``out`` (main process only)."""
+    def export(self, model: torch.nn.Module, run: Path) -> None:
+        """Write the finished artifact (main process only); ``run`` is the directory :func:`fit`
+        trained in (its checkpoints and ``log.jsonl``)."""
         ...
 
     def state_objects(self) -> list[Any]:
@@ -331,17 +401,123 @@ class Progress:
         self.step, self.tokens = state["step"], state["tokens"]
 
 
+# --- checkpoints ---------------------------------------------------------------------------
+#
+# A checkpoint is written as checkpoints/step-N.tmp and renamed to step-N when it is whole, so
+# a kill or a full disk mid-write leaves at worst a .tmp folder. Besides accelerate's files
+# (weights, optimizer, schedule, RNG; read back by torch's weights-only unpickler) it holds the
+# loop's own state in JSON and safetensors, never a pickle, and STATE_FILE, written last,
+# lists every file with its size: a checkpoint is complete only when it holds exactly those.
+
+STATE_FILE = "state.json"
+TENSORS_FILE = "state.safetensors"
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+TENSOR_KEY = "__tensor__"
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    """Every checkpoint folder of a run, complete or not, oldest first."""
+    return sorted(p for p in (out / "checkpoints").glob("step-*") if p.is_dir())
+
+
+def _files(directory: Path) -> dict[str, int]:
+    """Every file below ``directory`` (relative name -> size)."""
+    return {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Renamed into place, and holding exactly the files its manifest lists, at their sizes
+    (nothing missing or cut short, and nothing added that a resume would load)."""
+    if not CHECKPOINT_NAME.fullmatch(checkpoint.name):
+        return False
+    try:
+        listed = json.loads((checkpoint / STATE_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    found = _files(checkpoint)
+    del found[STATE_FILE]
+    return found == listed
+
+
 def checkpoints(out: Path) -> list[Path]:
-    """Checkpoint folders of a run, oldest first."""
-    return sorted((out / "checkpoints").glob("step-*"))
+    """The complete checkpoint folders of a run, oldest first."""
+    return [p for p in _checkpoint_dirs(out) if _complete(p)]
 
 
-def _save(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
-    accelerator.save_state(str(out / "checkpoints" / f"step-{step:08d}"))
+def _to_json(value: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """``value`` with every tensor moved to ``tensors`` and replaced by a reference to its key."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {TENSOR_KEY: key}
+    if isinstance(value, dict):
+        return {k: _to_json(v, tensors, f"{key}/{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, tensors, f"{key}/{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _from_json(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {TENSOR_KEY}:
+            return tensors[value[TENSOR_KEY]]
+        return {k: _from_json(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v, tensors) for v in value]
+    return value
+
+
+def _write_state(objects: Sequence[Any], directory: Path) -> None:
+    """The objects' state dicts (JSON, tensors in safetensors), then the manifest of the folder."""
+    tensors: dict[str, torch.Tensor] = {}
+    states = [_to_json(obj.state_dict(), tensors, str(i)) for i, obj in enumerate(objects)]
+    if tensors:
+        save_file(tensors, directory / TENSORS_FILE)
+    (directory / STATE_FILE).write_text(json.dumps({"objects": states, "files": _files(directory)}))
+
+
+def _read_state(objects: Sequence[Any], directory: Path) -> None:
+    tensors = load_file(directory / TENSORS_FILE) if (directory / TENSORS_FILE).is_file() else {}
+    states = json.loads((directory / STATE_FILE).read_text())["objects"]
+    for obj, state in zip(objects, states, strict=True):
+        obj.load_state_dict(_from_json(state, tensors))
+
+
+def _save(accelerator: Accelerator, out: Path, step: int, keep: int, objects: Sequence[Any]) -> None:
+    """Write checkpoint ``step`` under a temporary name, rename it when whole, keep the newest ``keep``."""
+    final = out / "checkpoints" / f"step-{step:08d}"
+    partial = final.with_name(f"{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _write_state(objects, partial)
+        fsync_tree(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator: Accelerator, out: Path, objects: Sequence[Any]) -> bool:
+    """Load the newest complete checkpoint of ``out``, if any, and say which; checkpoints cut
+    mid-write are left out and removed. Whether there was one to resume from."""
+    complete = checkpoints(out)
+    broken = [p for p in _checkpoint_dirs(out) if p not in complete]
+    if complete:
+        accelerator.load_state(str(complete[-1]))
+        _read_state(objects, complete[-1])
+    skipped = f"; left out incomplete {', '.join(p.name for p in broken)}" if broken else ""
+    accelerator.print(f"resuming from {complete[-1]}{skipped}" if complete else
+                      f"no complete checkpoint in {out}: starting from step 0{skipped}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in broken:
+            shutil.rmtree(path)
+    return bool(complete)
 
 
 def _log(accelerator: Accelerator, out: Path, record: dict[str, Any]) -> None:
@@ -369,11 +545,9 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
     model, optimizer, schedule = accelerator.prepare(task.model, optimizer, schedule)
     stream: Stream[Any] = Stream(task.examples)
     progress = Progress()
-    accelerator.register_for_checkpointing(progress, stream, *task.state_objects())
-    if resume and checkpoints(out):
-        accelerator.load_state(str(checkpoints(out)[-1]))
+    objects = [progress, stream, *task.state_objects()]  # kept in checkpoints beside accelerate's state
+    if resume and _resume(accelerator, out, objects):
         _truncate_log(accelerator, out, progress.step)
-        accelerator.print(f"resumed from {checkpoints(out)[-1]} at step {progress.step}")
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "log.jsonl").unlink(missing_ok=True)
@@ -431,7 +605,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         if cfg.eval_every and progress.step % cfg.eval_every == 0 and progress.step < cfg.steps:
             stopped = evaluate()
         if progress.step % cfg.save_every == 0 or progress.step == cfg.steps or stopped:
-            _save(accelerator, out, progress.step, cfg.keep_checkpoints)
+            _save(accelerator, out, progress.step, cfg.keep_checkpoints, objects)
     if stopped:
         accelerator.print(f"stopped early at step {progress.step} of {cfg.steps}")
     else:
