@@ -15,7 +15,7 @@ from conftest import bpe_tokenizer, tiny_llama
 from transplant.cli import app
 from transplant.errors import UserError
 from transplant.evaluation.compare import CompareConfig, compare
-from transplant.hypernet.train import HypernetTask, HypernetTrainConfig, train as train_hypernet
+from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig, train as train_hypernet
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.training.continued import ContinuedConfig, load_train_config
 from transplant.training.loop import load_config
