@@ -199,3 +199,13 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
 
 # method name -> a random hypernetwork directory of that kind, for the method contract
 RANDOM_HYPERNETS = {"zett": random_hypernet, "hyperofa": random_hyperofa}
+
+
+def assert_refused(result, fragment: str) -> None:
+    """A CLI result that refused: exit 2, one error line and it is the last (nothing was
+    scored or written after it), naming ``fragment``, and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [lines[-1]] and fragment in errors[0] and "Traceback" not in result.output, result.output
+    assert not any(line.startswith("scoring") for line in lines), result.output

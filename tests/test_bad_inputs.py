@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer, models
 from typer.testing import CliRunner
 
-from conftest import bpe_tokenizer, tiny_llama
+from conftest import assert_refused, bpe_tokenizer, tiny_llama
 from transplant.cli import app
 from transplant.errors import UserError
 from transplant.io.tokenizer import load_tokenizer
@@ -23,15 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line(result, fragment: str) -> None:
-    """Exit 2 with one error line, the last one, and nothing scored before it."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert errors == [lines[-1]] and fragment in errors[0] and "Traceback" not in result.output, result.output
-    assert not any(line.startswith("scoring") for line in lines), result.output
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +61,10 @@ def a_file(tmp_path: Path) -> Path:
 
 def test_out_under_a_file_is_refused_before_the_work(base: Path, sp_model: Path, corpus: Path, transplanted: Path,
                                                      a_file: Path, tmp_path: Path) -> None:
-    assert_one_line(run("model", base, "-t", sp_model, "-o", a_file / "out"), "is not a directory")
-    assert_one_line(run("compare", base, "-t", sp_model, "--methods", "zero", "--corpus", corpus, "-o", a_file / "c"),
+    assert_refused(run("model", base, "-t", sp_model, "-o", a_file / "out"), "is not a directory")
+    assert_refused(run("compare", base, "-t", sp_model, "--methods", "zero", "--corpus", corpus, "-o", a_file / "c"),
                     "is not a directory")
-    assert_one_line(run("train", transplanted, "--corpus", corpus, "-o", a_file / "t"), "is not a directory")
+    assert_refused(run("train", transplanted, "--corpus", corpus, "-o", a_file / "t"), "is not a directory")
     assert a_file.read_text() == "x"
 
 
@@ -83,29 +74,29 @@ def test_out_under_a_read_only_directory_is_refused(base: Path, sp_model: Path, 
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        assert_one_line(run("model", base, "-t", sp_model, "-o", locked / "out"), "not writable")
+        assert_refused(run("model", base, "-t", sp_model, "-o", locked / "out"), "not writable")
     finally:
         locked.chmod(0o755)
 
 
 def test_json_into_a_missing_directory_is_refused_before_scoring(base: Path, corpus: Path, tmp_path: Path) -> None:
-    assert_one_line(run("evaluate", base, "--base", base, "--corpus", corpus, "--json", tmp_path / "no" / "x.json"),
+    assert_refused(run("evaluate", base, "--base", base, "--corpus", corpus, "--json", tmp_path / "no" / "x.json"),
                     "no such directory")
 
 
 @pytest.mark.parametrize("device", ["nosuch", "cuda:99", "meta"])
 def test_unknown_or_absent_device_is_refused_before_the_work(base: Path, sp_model: Path, corpus: Path,
                                                              tmp_path: Path, device: str) -> None:
-    assert_one_line(run("model", base, "-t", sp_model, "-o", tmp_path / "out", "--device", device), "--device")
-    assert_one_line(run("evaluate", base, "--base", base, "--corpus", corpus, "--device", device), "--device")
-    assert_one_line(run("compare", base, "-t", sp_model, "--methods", "zero", "--corpus", corpus,
+    assert_refused(run("model", base, "-t", sp_model, "-o", tmp_path / "out", "--device", device), "--device")
+    assert_refused(run("evaluate", base, "--base", base, "--corpus", corpus, "--device", device), "--device")
+    assert_refused(run("compare", base, "-t", sp_model, "--methods", "zero", "--corpus", corpus,
                         "-o", tmp_path / "cmp", "--device", device), "--device")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.parametrize("multiple", ["0", "1000000000"])
 def test_pad_to_multiple_of_is_bounded(base: Path, sp_model: Path, tmp_path: Path, multiple: str) -> None:
-    assert_one_line(run("model", base, "-t", sp_model, "-o", tmp_path / "out", "--pad-to-multiple-of", multiple),
+    assert_refused(run("model", base, "-t", sp_model, "-o", tmp_path / "out", "--pad-to-multiple-of", multiple),
                     "--pad-to-multiple-of must be between 1 and")
 
 
@@ -127,16 +118,16 @@ def broken_config(base: Path, target: Path, text: str) -> Path:
 def test_broken_config_json_is_one_line(base: Path, sp_model: Path, corpus: Path, tmp_path: Path, text: str,
                                         fragment: str) -> None:
     model = broken_config(base, tmp_path / "model", text)
-    assert_one_line(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), fragment)
-    assert_one_line(run("evaluate", model, "--base", base, "--corpus", corpus), fragment)
+    assert_refused(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), fragment)
+    assert_refused(run("evaluate", model, "--base", base, "--corpus", corpus), fragment)
 
 
 def test_hidden_size_that_disagrees_with_the_tensors_is_one_line(base: Path, sp_model: Path, corpus: Path,
                                                                   tmp_path: Path) -> None:
     config = json.loads((base / "config.json").read_text())
     model = broken_config(base, tmp_path / "model", json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
-    assert_one_line(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), "model.embed_tokens.weight")
-    assert_one_line(run("evaluate", model, "--base", base, "--corpus", corpus), "model.embed_tokens.weight")
+    assert_refused(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), "model.embed_tokens.weight")
+    assert_refused(run("evaluate", model, "--base", base, "--corpus", corpus), "model.embed_tokens.weight")
     assert not (tmp_path / "out").exists()
 
 
@@ -165,8 +156,8 @@ def test_broken_sharded_checkpoint_is_one_line(sharded: Path, sp_model: Path, co
         spec = json.loads(index.read_text())
         spec["weight_map"]["model.no_such.weight"] = shard.name
         index.write_text(json.dumps(spec))
-    assert_one_line(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), str(model))
-    assert_one_line(run("evaluate", model, "--base", sharded, "--corpus", corpus), str(model))
+    assert_refused(run("model", model, "-t", sp_model, "-o", tmp_path / "out"), str(model))
+    assert_refused(run("evaluate", model, "--base", sharded, "--corpus", corpus), str(model))
     assert not (tmp_path / "out").exists()
 
 
@@ -175,7 +166,7 @@ def test_evaluate_refuses_a_truncated_checkpoint(transplanted: Path, base: Path,
     shutil.copytree(transplanted, model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert_one_line(run("evaluate", model, "--base", base, "--corpus", corpus), "model.safetensors")
+    assert_refused(run("evaluate", model, "--base", base, "--corpus", corpus), "model.safetensors")
 
 
 def test_evaluate_refuses_a_tokenizer_larger_than_the_model(transplanted: Path, base: Path, corpus: Path,
@@ -185,12 +176,12 @@ def test_evaluate_refuses_a_tokenizer_larger_than_the_model(transplanted: Path, 
     shutil.copytree(base, model)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(transplanted / name, model / name)
-    assert_one_line(run("evaluate", model, "--base", base, "--corpus", corpus), "embedding rows")
+    assert_refused(run("evaluate", model, "--base", base, "--corpus", corpus), "embedding rows")
 
 
 def test_a_tokenizer_with_no_tokens_is_one_line(base: Path, tmp_path: Path) -> None:
     empty = tmp_path / "tokenizer.json"
     Tokenizer(models.WordLevel({}, unk_token=None)).save(str(empty))
-    assert_one_line(run("model", base, "-t", empty, "-o", tmp_path / "out"), "no tokens")
+    assert_refused(run("model", base, "-t", empty, "-o", tmp_path / "out"), "no tokens")
     with pytest.raises(UserError, match="no tokens"):
         load_tokenizer(str(empty))

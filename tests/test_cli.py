@@ -153,36 +153,33 @@ def test_unknown_method_and_option(base_model: Path, sp_model: Path, tmp_path: P
     assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--subword-weighting", "x"), out, "must be one of")
 
 
-def test_killed_mid_write_leaves_no_out(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
-    """SIGKILL the CLI as soon as its temp dir appears: OUT must not exist afterwards."""
+def export_caught_mid_write(corpus_file: Path, sp_model: Path, tmp_path: Path) -> subprocess.Popen:
+    """A CLI transplant of a model large enough to catch, returned once its temp dir appears."""
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6, max_shard_size="2MB")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(tmp_path / "out")],
                             cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("out.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     if proc.poll() is not None:
         pytest.fail("the export finished before it could be interrupted")
+    return proc
+
+
+def test_killed_mid_write_leaves_no_out(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
+    """SIGKILL the CLI as soon as its temp dir appears: OUT must not exist afterwards."""
+    proc = export_caught_mid_write(corpus_file, sp_model, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not out.exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_sigterm_mid_write_removes_the_temporary(corpus_file: Path, sp_model: Path, tmp_path: Path) -> None:
     """SIGTERM (kill, a timeout, a batch scheduler) cleans up like Ctrl-C: no OUT.tmp-<pid> left."""
-    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6, max_shard_size="2MB")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(out)],
-                            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("out.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if proc.poll() is not None:
-        pytest.fail("the export finished before it could be interrupted")
+    proc = export_caught_mid_write(corpus_file, sp_model, tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
 
 
 def test_temporaries_of_processes_that_are_gone_are_removed(base_model: Path, sp_model: Path, tmp_path: Path) -> None:

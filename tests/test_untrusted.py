@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import bpe_tokenizer, tiny_llama
+from conftest import assert_refused, bpe_tokenizer, tiny_llama
 from transplant.cli import app
 from transplant.io.tokenizer import load_tokenizer
 from transplant.pipeline import TransplantConfig, transplant
@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args], input="y\n")  # a prompt would get "y"
-
-
-def assert_refused(result, fragment: str) -> None:
-    """Exit 2, one error line and it is the last: nothing was scored or written after it."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert errors == [lines[-1]] and fragment in errors[0] and "Traceback" not in result.output, result.output
-    assert not any(line.startswith("scoring") for line in lines), result.output
 
 
 @pytest.fixture(scope="module")
