@@ -64,8 +64,8 @@ from transplant.training.distill import (
     hf_encoder, hf_reader, read_pair, tokenizers_encoder,
 )
 from transplant.training.loop import (
-    StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config, make_accelerator,
-    run_directory, text_chunks,
+    CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
+    make_accelerator, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -193,7 +193,7 @@ class HypernetTask:
     # --- data -------------------------------------------------------------------------
 
     def examples(self, epoch: int) -> Iterator[str]:
-        chars = self.cfg.chunk_chars or 6 * self.cfg.seq_len
+        chars = self.cfg.chunk_chars or CHARS_PER_TOKEN * self.cfg.seq_len
         return text_chunks(documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer), chars)
 
     def step_vocab(self, step: int, rng: np.random.Generator) -> StepVocab:

@@ -103,8 +103,8 @@ def compare(base: str, tokenizer: str, methods: Sequence[str], corpus: str | Pat
     from transplant.evaluation.evaluate import EvalConfig
 
     names = tuple(methods)
-    if not names or len(set(names)) != len(names):
-        raise UserError(f"methods must name each method once, got {', '.join(names) or 'none'}")
+    if len(set(names)) != len(names):  # an empty list is compare's own one-line error
+        raise UserError(f"methods must name each method once, got {', '.join(names)}")
     config = CompareConfig(base=base, tokenizer=tokenizer, methods=names, corpus=Path(corpus), out=Path(out),
                            donor=donor, max_docs=max_docs, seed=seed, force=force, device=device,
                            trust_remote_code=trust_remote_code, scoring=EvalConfig(batch_size=batch_size, max_length=max_length))

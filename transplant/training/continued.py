@@ -53,8 +53,8 @@ from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
-    StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config, make_accelerator, pack,
-    run_directory, text_chunks,
+    CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
+    make_accelerator, pack, run_directory, text_chunks,
 )
 
 
@@ -193,10 +193,6 @@ def embedding_weights(model: PreTrainedModel) -> list[torch.nn.Parameter]:
         weights.append(head.weight)
     return weights
 
-
-# Characters of training text per ALM example: enough for ``seq_len`` tokens of most
-# tokenizers (~4-5 characters each); the student keeps seq_len, the text past them is dropped.
-CHARS_PER_TOKEN = 6
 
 
 # --- the task ----------------------------------------------------------------------------

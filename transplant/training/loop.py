@@ -222,6 +222,12 @@ def documents(paths: Sequence[Path], epoch: int, seed: int = 0, buffer: int = 0)
     return shuffled(stream, buffer, random.Random(f"{seed}:{epoch}"))
 
 
+# Characters of text per example for trainers that tokenize text themselves (text_chunks):
+# enough for ``seq_len`` tokens of most tokenizers (~4-5 characters each); what the kept
+# tokens do not cover is dropped.
+CHARS_PER_TOKEN = 6
+
+
 def text_chunks(docs: Iterable[str], chars: int, separator: str = "\n\n") -> Iterator[str]:
     """Documents joined by ``separator`` and cut into pieces of exactly ``chars`` characters.
 
