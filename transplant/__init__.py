@@ -9,6 +9,6 @@ everything else is.
 __version__ = "0.1.0"
 
 from transplant import hypernet  # noqa: E402  (light: its trainers load when called)
-from transplant.api import compare, evaluate, model, train  # noqa: E402
+from transplant.api import compare, evaluate, evaluate_draft, model, train  # noqa: E402
 
-__all__ = ["model", "evaluate", "compare", "train", "hypernet", "__version__"]
+__all__ = ["model", "evaluate", "evaluate_draft", "compare", "train", "hypernet", "__version__"]

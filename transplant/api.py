@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transplant.evaluation.compare import Comparison
+    from transplant.evaluation.draft import DraftEvaluation
     from transplant.evaluation.evaluate import Evaluation
     from transplant.pipeline import TransplantResult
     from transplant.progress import Stages
@@ -89,6 +90,34 @@ def evaluate(model: str | Path, base: str, corpus: str | Path, *, max_docs: int 
         scores[label] = evaluate_model(loaded, tokenizer, docs, ref, config, progress(ref) if progress else None)
         del loaded
     return PairEvaluation(str(corpus), scores["base"], scores["new"], ppl_ratio(scores["new"], scores["base"]))
+
+
+def evaluate_draft(draft: str | Path, target: str, corpus: str | Path, *, max_docs: int | None = None,
+                   window: int = 4, max_length: int = 256, batch_size: int = 8, new_tokens: int = 32,
+                   timed_prompts: int = 4, device: str = "cpu", allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> DraftEvaluation:
+    """How well ``draft`` (on ``target``'s tokenizer) drafts for ``target`` in greedy
+    speculative decoding: agreement per group, mean accepted run for a window of ``window``,
+    and wall-clock tokens/s alone vs assisted on ``timed_prompts`` prompts (0: not timed).
+    The tokenizers are checked before either model is loaded."""
+    from transplant.device import resolve_device
+    from transplant.evaluation.draft import DraftConfig, check_same_tokenizer, evaluate_draft as measure
+    from transplant.evaluation.evaluate import load_weights, open_model
+    from transplant.inputs.corpus import load_corpus
+    from transplant.io.checkpoint import model_config
+    from transplant.io.trust import Trust
+
+    resolve_device(device)
+    docs = load_corpus(corpus, max_docs)
+    trust = Trust(remote_code=trust_remote_code, pickle=allow_pickle)
+    (draft_path, draft_tokenizer), (target_path, target_tokenizer) = (open_model(str(draft), trust),
+                                                                      open_model(target, trust))
+    check_same_tokenizer(draft_tokenizer, target_tokenizer,
+                         *(model_config(p, trust).get_text_config().vocab_size for p in (draft_path, target_path)))
+    config = DraftConfig(window=window, max_length=max_length, batch_size=batch_size, new_tokens=new_tokens,
+                         timed_prompts=timed_prompts)
+    return measure(load_weights(draft_path, device, trust), load_weights(target_path, device, trust),
+                   target_tokenizer, docs, (str(draft), target), config, timed=timed_prompts > 0)
 
 
 def compare(base: str, tokenizer: str, methods: Sequence[str], corpus: str | Path, out: str | Path, *,

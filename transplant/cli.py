@@ -103,33 +103,50 @@ def model(
 @user_errors
 def evaluate(
     model: str = typer.Argument(..., help="Transplanted model (HF dir, .gguf, hub id or packaged name)."),
-    base: str = typer.Option(..., "--base", help="Base model to compare against."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model to compare against."),
     corpus: Path = typer.Option(..., "--corpus", help=CORPUS_HELP),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help=MAX_DOCS_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help=BATCH_HELP),
-    max_length: int = typer.Option(1024, "--max-length", help=LENGTH_HELP),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help=LENGTH_HELP + " Default 1024 (256 with --draft-for)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
     device: str = typer.Option("cpu", "--device", help="Where the models are scored (cpu, cuda)."),
+    draft_for: Optional[str] = typer.Option(None, "--draft-for", help="Instead of --base: measure MODEL as a speculative-decoding draft for this target (same tokenizer)."),
+    draft_window: int = typer.Option(4, "--draft-window", help="With --draft-for: tokens the draft proposes per round (k)."),
+    timed_prompts: int = typer.Option(4, "--timed-prompts", help="With --draft-for: prompts generated alone and assisted for tokens/s (0: skip)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
 ) -> None:
-    """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and overall."""
+    """Byte-level perplexity ratio of MODEL to BASE on the same documents, per group and
+    overall; or, with --draft-for TARGET, how well MODEL drafts for TARGET."""
     from transplant import api
-    from transplant.evaluation.report import pair_grid
+    from transplant.evaluation.report import draft_grid, pair_grid
     from transplant.io.outputs import check_output_file
     from transplant.progress import progress_bars
 
+    if (base is None) == (draft_for is None):
+        raise UserError("give exactly one of --base BASE (perplexity ratio) and --draft-for TARGET (draft quality)")
     if json_out is not None:
         check_output_file(json_out)
+    if draft_for is not None:
+        drafted = api.evaluate_draft(model, draft_for, corpus, max_docs=max_docs, window=draft_window,
+                                     max_length=max_length or 256, batch_size=batch_size,
+                                     timed_prompts=timed_prompts, device=device, allow_pickle=allow_pickle,
+                                     trust_remote_code=trust_remote_code)
+        out_console.print(draft_grid(drafted).to_rich())
+        _write_json(json_out, drafted.to_dict())
+        return
     with progress_bars(console) as progress:
-        result = api.evaluate(model, base, corpus, max_docs=max_docs, batch_size=batch_size, max_length=max_length,
-                              device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                              progress=progress)
+        result = api.evaluate(model, base, corpus, max_docs=max_docs, batch_size=batch_size,
+                              max_length=max_length or 1024, device=device, allow_pickle=allow_pickle,
+                              trust_remote_code=trust_remote_code, progress=progress)
     out_console.print(pair_grid(result.new, result.base).to_rich())
-    if json_out is not None:
-        json_out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                            encoding="utf-8")
-        console.print(f"wrote {json_out}")
+    _write_json(json_out, result.to_dict())
+
+
+def _write_json(path: Optional[Path], record: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from transplant.evaluation.draft import DraftEvaluation
 from transplant.evaluation.evaluate import Evaluation, ppl_ratio
 
 
@@ -68,6 +69,22 @@ def pair_grid(new: Evaluation, base: Evaluation) -> Grid:
     ]
     title = f"{new.model} vs {base.model}: byte-level perplexity ratio (1.0 = lossless)"
     return Grid(title, headers, rows, TOKEN_PPL_NOTE)
+
+
+def draft_grid(drafted: DraftEvaluation) -> Grid:
+    """A draft against its target, per group: the `transplant evaluate --draft-for` table."""
+    headers = ["group", "positions", "agreement", f"accepted / round (k={drafted.window})", "tokens / target pass"]
+    named = [*drafted.groups.items(), ("overall", drafted.overall)]
+    rows = [[g, f"{d.positions:,}", f"{d.agreement:.3f}", f"{d.mean_accepted:.2f}", f"{d.tokens_per_round:.2f}"]
+            for g, d in named]
+    note = ("agreement: share of text positions where the draft's greedy token is the target's; accepted: "
+            "draft tokens kept per speculative round on the target's greedy continuations")
+    if drafted.speed is not None:
+        speed = drafted.speed.to_dict()
+        note += (f"\nwall clock, {speed['tokens']} greedy tokens: target alone {speed['alone_tokens_per_s']:.1f} tok/s, "
+                 f"with the draft {speed['assisted_tokens_per_s']:.1f} tok/s (x{speed['speedup']:.2f}"
+                 f"{'' if speed['same_output'] else '; outputs differ: float noise between the two paths'})")
+    return Grid(f"{drafted.draft} drafting for {drafted.target}", headers, rows, note)
 
 
 def ranking(base: Evaluation, results: dict[str, Evaluation]) -> list[tuple[str, dict[str, float]]]:
