@@ -55,6 +55,7 @@ from transplant.io.checkpoint import read_embeddings
 from transplant.errors import UserError
 from transplant.inputs.corpus import check_corpora, load_corpus, read_corpora
 from transplant.evaluation.evaluate import EvalConfig, evaluate_model, prefix_token_id
+from transplant.progress import scoring_lines
 from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
@@ -111,6 +112,7 @@ class HypernetTrainConfig(HypernetRunConfig, ObjectiveConfig):
     corpus: list[str] = field(default_factory=list)
     eval_corpus: str | None = None  # held-out .txt/.jsonl: bits/byte under a fixed sampled tokenizer
     eval_docs: int = 32  # per group of the eval corpus
+    eval_chars: int = 6_000  # per group: bounds what an evaluation costs (stated in the log at the first one)
     # the network (0 = derived from the base; see HypernetConfig)
     width: int = 0
     layers: int = 3
@@ -136,6 +138,8 @@ class HypernetTrainConfig(HypernetRunConfig, ObjectiveConfig):
             check_corpora([self.eval_corpus])
         if not 0 < self.min_vocab <= self.max_vocab:
             raise UserError(f"need 0 < min_vocab <= max_vocab, got {self.min_vocab} and {self.max_vocab}")
+        if self.eval_chars < 1:
+            raise UserError(f"eval_chars must be at least 1, got {self.eval_chars}")
         if self.max_pieces < 1 or self.negatives < 0 or self.lexical_weight < 0 or self.noise_std < 0:
             raise UserError("max_pieces must be at least 1; negatives, lexical_weight and noise_std not negative")
 
@@ -185,6 +189,7 @@ class HypernetTask:
         self.decompose = functools.lru_cache(maxsize=1 << 20)(
             lambda piece: encode_bytes(self.base_tokenizer, self.base_vocab, piece_bytes(piece))
         )
+        self.eval_cost_said = False
         self.teacher = None  # objective alm: the frozen base, reading with its own tokenizer
         if cfg.objective == "alm":
             rows = self.lm.get_output_embeddings().weight.shape[0]
@@ -307,7 +312,7 @@ class HypernetTask:
         the curve shows what training changed; the first point is the ``subword`` baseline."""
         if self.cfg.eval_corpus is None:
             return {}
-        docs = load_corpus(Path(self.cfg.eval_corpus), self.cfg.eval_docs)
+        docs = load_corpus(Path(self.cfg.eval_corpus), self.cfg.eval_docs, self.cfg.eval_chars)
         sampler = TokenizerSampler(SamplerConfig((self.cfg.min_vocab + self.cfg.max_vocab) // 2,
                                                  (self.cfg.min_vocab + self.cfg.max_vocab) // 2, 0.0, len(docs)))
         sampler.push(d.text for d in docs)
@@ -320,11 +325,22 @@ class HypernetTask:
         prefix_out = model.matrix("output")[self.prefix : self.prefix + 1]
         with swapped_embeddings(self.lm, torch.cat([rows_in, prefix_in]), torch.cat([rows_out, prefix_out])):
             result = evaluate_model(self.lm, PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos), docs,
-                                    config=EvalConfig(batch_size=4, max_length=self.cfg.seq_len))
+                                    config=EvalConfig(batch_size=4, max_length=self.cfg.seq_len),
+                                    progress=scoring_lines("  evaluating: windows"))
+        if not self.eval_cost_said:
+            self.eval_cost_said = True
+            self.accelerator.print(self.eval_cost(len(docs), result.overall.tokens))
         figures = {"bpb": result.overall.bits_per_byte}
         if len(result.groups) > 1:
             figures.update({f"bpb/{group}": score.bits_per_byte for group, score in result.groups.items()})
         return figures
+
+    def eval_cost(self, docs: int, tokens: int) -> str:
+        """What one evaluation reads, against the tokens trained between two of them."""
+        trained = (self.cfg.eval_every or self.cfg.steps) * self.cfg.batch_size * self.cfg.grad_accum \
+            * self.cfg.seq_len * self.accelerator.num_processes
+        return (f"evaluation: {docs} documents, {tokens:,} tokens (eval_chars {self.cfg.eval_chars:,} per group), "
+                f"{tokens / trained:.0%} of the {trained:,} tokens trained between evaluations, forward only")
 
     @torch.no_grad()
     def predict_all(self, model: HyperNetwork, vocab: StepVocab, batch: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,3 +73,21 @@ def test_text_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path: Path, 
                      .encode("latin-1"))
     with pytest.raises(UserError, match=f"{name}:3: not UTF-8"):
         list(texts(path))
+
+
+def test_a_character_budget_caps_each_group_cutting_before_whitespace(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl"
+    rows = [{"text": "one two three four", "lang": "en"}, {"text": "eins zwei", "lang": "de"},
+            {"text": "five six", "lang": "en"}, {"text": "drei", "lang": "de"}, {"text": "abcdefghij", "lang": "ja"}]
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    docs = load_corpus(jsonl, max_chars=12)
+    # en: the first document is cut before the space that ends "one two" (7 characters; "three"
+    # would pass 12), then "five six" before its space (5 left); de: "drei" has no whitespace
+    # within the 3 characters left, so it is cut at the budget itself
+    assert [(d.text, d.group) for d in docs] == [("one two", "en"), ("eins zwei", "de"), ("five", "en"),
+                                                 ("dre", "de"), ("abcdefghij", "ja")]
+    assert [d.text for d in load_corpus(jsonl, max_chars=4)] == ["one", "eins", "f", "abcd"]
+    assert [d.text for d in load_corpus(jsonl, max_docs=1, max_chars=100)] == ["one two three four", "eins zwei",
+                                                                              "abcdefghij"]
+    with pytest.raises(UserError, match="budget"):
+        load_corpus(jsonl, max_chars=0)

@@ -271,3 +271,24 @@ def test_config_refuses_unknown_keys_before_loading(tiny: dict[str, Path], tmp_p
         load_config(HypernetTrainConfig, recipe, corpus=[str(tiny["corpus"])], out=str(tmp_path / "hn"))
     with pytest.raises(UserError, match="corpus not found"):
         load_config(HypernetTrainConfig, None, base="x", corpus=[str(tmp_path / "none.txt")], out=str(tmp_path / "hn"))
+
+
+def test_evaluation_reads_its_budget_shows_progress_and_states_its_cost(tiny: dict[str, Path], tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """A user's first evaluation ran 14 silent minutes (8 documents x 14 groups of up to 72k
+    characters): the text read is now capped per group, windows are reported as they are
+    scored, and the first evaluation says what it costs against training."""
+    eval_corpus = tmp_path / "eval.jsonl"
+    long_doc = " ".join(["word"] * 5_000)  # 25k characters
+    eval_corpus.write_text("".join(json.dumps({"text": long_doc, "lang": lang}) + "\n" for lang in ("en", "de")))
+    cfg = tiny_config(tiny, tmp_path / "hn", steps=2, eval_corpus=str(eval_corpus), eval_chars=2_000)
+    records = train_tiny(cfg)
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("evaluation:")]
+    assert len(said) == 1 and "2 documents" in said[0] and "eval_chars 2,000" in said[0], out
+    tokens = int(said[0].split(", ")[1].split(" tokens")[0].replace(",", ""))
+    assert 0 < tokens < 2 * 2_000  # the two capped documents, not 50k characters
+    assert "evaluating: windows" in out
+    assert [set(r["eval"]) for r in records if "eval" in r][0] == {"bpb", "bpb/en", "bpb/de"}
+    with pytest.raises(UserError, match="eval_chars"):
+        tiny_config(tiny, tmp_path / "hn2", eval_chars=0)

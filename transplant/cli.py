@@ -35,6 +35,11 @@ out_console = Console() if sys.stdout.isatty() else Console(width=200)
 @app.callback()
 def main() -> None:
     exit_on_sigterm()  # SIGTERM cleans up as Ctrl-C does: no OUT.tmp-<pid> left behind
+    # a log file (`transplant train … > run.log`) gets each line as it is printed, not a
+    # buffer's worth minutes later
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
 
 
 def user_errors(command: Callable) -> Callable:

@@ -129,6 +129,18 @@ class _PlainLines:
             self.printed_done, self.printed_at = self.meter.done, now
 
 
+def scoring_lines(label: str, console: Console | None = None) -> Callable[[int, int], None]:
+    """An evaluation's ``(done, total)`` callback for a trainer's log: plain lines, every tenth
+    of the windows or ``PLAIN_EVERY_S`` seconds, so a long evaluation is never silent."""
+    lines = _PlainLines(Meter(0, label), console or Console(highlight=False))
+
+    def advance(done: int, total: int) -> None:
+        lines.meter.total = total
+        lines(done)
+
+    return advance
+
+
 @contextmanager
 def progress_bars(console: Console) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
     """A factory of per-model progress callbacks ``(done, total)`` drawing bars on ``console``;

@@ -95,18 +95,36 @@ def texts(path: Path) -> Iterator[str]:
     return (doc.text for doc in read_documents(path) if doc.text)
 
 
-def load_corpus(path: Path | str, max_docs: int | None = None) -> list[Document]:
+def load_corpus(path: Path | str, max_docs: int | None = None, max_chars: int | None = None) -> list[Document]:
     """Every document of ``path`` with text; ``max_docs`` keeps the first N of each group, so
-    every language of an evaluation corpus stays represented."""
+    every language of an evaluation corpus stays represented. ``max_chars`` caps each group's
+    text too (documents of the Debian Reference run to 70k characters): the document that
+    crosses the cap is cut before the last whitespace that fits, and later ones are left out,
+    so what an evaluation costs is known before it starts."""
     if max_docs is not None and max_docs < 1:
         raise UserError(f"--max-docs must be at least 1, got {max_docs}")
+    if max_chars is not None and max_chars < 1:
+        raise UserError(f"a character budget must be at least 1, got {max_chars}")
     seen: dict[str, int] = {}
+    chars: dict[str, int] = {}
     docs = []
     for doc in read_documents(Path(path)):
-        if doc.text:
-            seen[doc.group] = seen.get(doc.group, 0) + 1
-            if max_docs is None or seen[doc.group] <= max_docs:
-                docs.append(doc)
+        if not doc.text:
+            continue
+        seen[doc.group] = seen.get(doc.group, 0) + 1
+        left = None if max_chars is None else max_chars - chars.get(doc.group, 0)
+        if (max_docs is not None and seen[doc.group] > max_docs) or (left is not None and left <= 0):
+            continue
+        text = doc.text if left is None or len(doc.text) <= left else _cut(doc.text, left)
+        chars[doc.group] = chars.get(doc.group, 0) + len(text)
+        docs.append(Document(text, doc.group))
     if not docs:
         raise UserError(f"corpus has no documents: {path}")
     return docs
+
+
+def _cut(text: str, limit: int) -> str:
+    """The longest head of ``text`` within ``limit`` characters that ends before whitespace
+    (the whole limit when no whitespace falls inside it)."""
+    cut = max(text.rfind(space, 1, limit + 1) for space in (" ", "\n", "\t"))
+    return text[:cut] if cut > 0 else text[:limit]
