@@ -186,7 +186,7 @@ class HyperOfaTask:
         model.load_state_dict(self.best.weights | {"vectors": model.vectors})
         record = {"best_step": self.best.step, "heldout": self.best.figures, "heldout_ids": self.heldout.tolist(),
                   "training": config_dict(self.cfg), **self.extra}
-        write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, record))
+        write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, record), "hyperofa")
 
     def state_objects(self) -> list:
         return [self.best]

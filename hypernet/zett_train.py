@@ -47,6 +47,7 @@ from accelerate import Accelerator
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from transplant.hypernet import catalog
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
 from transplant.hypernet.fingerprint import CONFIG_FILE, base_hash
 from transplant.hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
@@ -95,13 +96,16 @@ class HypernetRunConfig(TrainConfig):
         return Path(f"{self.out}.run")
 
 
-def write_hypernet_dir(cfg: HypernetRunConfig, run: Path, save: Callable[[Path], None]) -> None:
+def write_hypernet_dir(cfg: HypernetRunConfig, run: Path, save: Callable[[Path], None], kind: str) -> None:
     """HN_DIR, atomically: what ``save`` writes into a directory (the network and its config)
-    and the run's ``log.jsonl``. ``--force`` replaces an earlier one only now, at the end."""
+    and the run's ``log.jsonl``. ``--force`` replaces an earlier one only now, at the end.
+    The finished directory is added to the machine's list (:mod:`~transplant.hypernet.catalog`)
+    for ``--method auto`` to find."""
     with atomic_path(Path(cfg.out), existing="replace" if cfg.force else "refuse") as tmp:
         tmp.mkdir()
         save(tmp)
         shutil.copy(run / "log.jsonl", tmp / "log.jsonl")
+    catalog.remember(Path(cfg.out), kind, cfg.base)
 
 
 @dataclass
@@ -352,7 +356,7 @@ class HypernetTask:
 
     def export(self, model: HyperNetwork, run: Path) -> None:
         record = {"base": self.cfg.base, "training": config_dict(self.cfg)}
-        write_hypernet_dir(self.cfg, run, lambda out: save_hypernet(model, out, record))
+        write_hypernet_dir(self.cfg, run, lambda out: save_hypernet(model, out, record), "zett")
 
     def should_stop(self) -> bool:
         return False

@@ -198,7 +198,7 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
 
 
 # method name -> a random hypernetwork directory of that kind, for the method contract
-RANDOM_HYPERNETS = {"zett": random_hypernet, "hyperofa": random_hyperofa}
+RANDOM_HYPERNETS = {"zett": random_hypernet, "hyperofa": random_hyperofa, "auto": random_hypernet}
 
 
 def assert_refused(result, fragment: str) -> None:

@@ -150,7 +150,7 @@ def test_unknown_method_and_option(base_model: Path, sp_model: Path, tmp_path: P
     out = tmp_path / "out"
     assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "-m", "nope"), out, "unknown method")
     assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--k", "3"), out, "unknown option")
-    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "--subword-weighting", "x"), out, "must be one of")
+    assert_user_error(run("model", str(base_model), "-t", str(sp_model), "-o", str(out), "-m", "subword", "--subword-weighting", "x"), out, "must be one of")
 
 
 def export_caught_mid_write(corpus_file: Path, sp_model: Path, tmp_path: Path) -> subprocess.Popen:

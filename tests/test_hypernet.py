@@ -192,7 +192,9 @@ def test_resume_continues_step_count_and_loss_curve(tiny: dict[str, Path], tmp_p
 @pytest.fixture(scope="module")
 def trained(tiny: dict[str, Path]) -> Path:
     out = tiny["root"] / "hn"
-    train_tiny(tiny_config(tiny, out, steps=3))
+    with pytest.MonkeyPatch.context() as env:  # module scope runs before the per-test cache isolation
+        env.setenv("TRANSPLANT_CACHE", str(tiny["root"] / "cache"))
+        train_tiny(tiny_config(tiny, out, steps=3))
     return out
 
 
@@ -292,3 +294,11 @@ def test_evaluation_reads_its_budget_shows_progress_and_states_its_cost(tiny: di
     assert [set(r["eval"]) for r in records if "eval" in r][0] == {"bpb", "bpb/en", "bpb/de"}
     with pytest.raises(UserError, match="eval_chars"):
         tiny_config(tiny, tmp_path / "hn2", eval_chars=0)
+
+
+def test_a_finished_hypernetwork_is_registered_for_auto(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from transplant.hypernet import catalog
+
+    out = tmp_path / "hn"
+    train_tiny(tiny_config(tiny, out, steps=1))
+    assert [entry.path for entry in catalog.entries("zett")][0] == str(out.resolve())

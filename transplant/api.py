@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ScoringProgress = Callable[[str], Callable[[int, int], None]]  # model label -> (done, total) callback
 
 
-def model(base: str, tokenizer: str, out: str | Path, *, method: str = "subword",
+def model(base: str, tokenizer: str, out: str | Path, *, method: str = "auto",
           options: Mapping[str, Any] | None = None, donor: str | None = None, seed: int = 0, device: str = "cpu",
           chat_template: str = "base", pad_to_multiple_of: int = 1, force: bool = False,
           allow_pickle: bool = False, trust_remote_code: bool = False, stages: Stages | None = None) -> TransplantResult:

@@ -63,7 +63,7 @@ def model(
     base: Optional[str] = typer.Argument(None, help="Base model: HF dir, .gguf, hub id or packaged name."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="New tokenizer (dir, tokenizer.json, .model, .gguf, model or packaged name)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (written atomically)."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Initialization method (see `transplant methods`); default subword."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Initialization method (see `transplant methods`); default auto: the best the inputs allow."),
     donor: Optional[str] = typer.Option(None, "--donor", help="Donor model whose tokenizer is NEW (methods that need one); defaults to --tokenizer."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every random choice (default 0)."),
     device: str = typer.Option("cpu", "--device", help="Where the method's math runs (cpu, cuda)."),
@@ -83,7 +83,7 @@ def model(
     from transplant.recipe import load_recipe
 
     spec = load_recipe(recipe)
-    chosen = method or spec.method or "subword"
+    chosen = method or spec.method or "auto"
     options = {**spec.options, **parse_flags(registry.get(chosen).Options, ctx.args)}
     base_ref = base or spec.base
     tokenizer_ref = tokenizer or spec.tokenizer
@@ -249,6 +249,23 @@ def hypernet_train(
                             train_vectors=train_vectors, eval_corpus=eval_corpus, steps=steps, objective=objective,
                             resume=resume or None, force=force or None)
     console.print(f"wrote hypernetwork [bold]{hn_dir}[/] (apply: --method {kind} --hypernet DIR)")
+
+
+@hypernet_app.command("list")
+def hypernet_list() -> None:
+    """Hypernetworks trained on this machine (newest first): what --method auto looks for."""
+    from transplant.hypernet import catalog
+
+    found = catalog.entries()
+    if not found:
+        console.print("no hypernetworks yet: train one with `transplant hypernet train`")
+        return
+    table = Table(title="hypernetworks")
+    for column in ("kind", "base", "directory"):
+        table.add_column(column)
+    for entry in found:
+        table.add_row(entry.kind, entry.base, entry.path)
+    out_console.print(table)
 
 
 @models_app.command("list")

@@ -37,7 +37,7 @@ class TransplantConfig:
     base: str
     tokenizer: str
     out: Path
-    method: str = "subword"
+    method: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     donor: str | None = None
     seed: int = 0
@@ -67,12 +67,16 @@ def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -
         raise UserError(f"the donor's tokenizer is not the new tokenizer ({mismatched} tokens differ)")
 
 
-def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase) -> tuple[Path, Embeddings]:
+def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase, required: bool) -> tuple[Path, Embeddings] | None:
+    """The donor: ``--donor``, or else NEW itself when it names a model. A method that only
+    uses a donor (``uses_donor``) runs without one when NEW is just a tokenizer."""
     ref = cfg.donor or cfg.tokenizer
     try:
         directory = resolve_model(ref, cfg.trust)
     except UserError as e:
         if cfg.donor is None:
+            if not required:
+                return None
             raise UserError(f"method {cfg.method!r} needs a donor model whose tokenizer is the new one (--donor)") from e
         raise
     _check_donor(load_tokenizer(str(directory), cfg.trust), new)
@@ -128,9 +132,9 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     with stages.run("loading new tokenizer"):
         new_tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust)
     donor_dir, donor = None, None
-    if method_cls.needs_donor:
+    if method_cls.needs_donor or method_cls.uses_donor:
         with stages.run("loading donor"):
-            donor_dir, donor = _load_donor(cfg, new_tokenizer)
+            donor_dir, donor = _load_donor(cfg, new_tokenizer, method_cls.needs_donor) or (None, None)
     with stages.run("matching vocabularies"):
         added = adopt_chat_template(base_tokenizer, new_tokenizer, cfg.chat_template)
         match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)

@@ -137,6 +137,8 @@ def _request(config: TransplantConfig) -> dict[str, Any]:
         "seed": config.seed,
         "chat_template": config.chat_template,
     }
+    if method.uses_donor and not config.donor:  # NEW's own model, when NEW names one: known once loaded
+        del request["donor"]
     return json.loads(json.dumps(request, default=str))  # compared with what was read back from JSON
 
 

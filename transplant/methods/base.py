@@ -94,6 +94,7 @@ class Method(Protocol):
     description: ClassVar[str]
     Options: ClassVar[type]
     needs_donor: ClassVar[bool]
+    uses_donor: ClassVar[bool]  # a donor is loaded when one is at hand, and the method runs without one
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         """Rows (len(missing), d_base) in float32 for the new ids in ``missing``."""
@@ -107,4 +108,5 @@ class MethodBase:
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     needs_donor: ClassVar[bool] = False
+    uses_donor: ClassVar[bool] = False
 

@@ -1,0 +1,119 @@
+"""`--method auto`: each row from the best source the inputs allow, and a record of which."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import random_hypernet, tiny_llama, bpe_tokenizer
+from test_methods import make_context
+from transplant.cli import app
+from transplant.hypernet import catalog
+from transplant.io.tokenizer import load_tokenizer
+from transplant.methods import registry
+from transplant.methods.auto import AutoOptions
+from transplant.methods.baselines import subword_rows
+from transplant.methods.omp import OmpOptions, transfer
+from transplant.vocab.matching import match_vocabularies
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def match(corpus_file: Path, sp_model: Path):
+    return match_vocabularies(bpe_tokenizer(corpus_file), load_tokenizer(str(sp_model)))
+
+
+def rows(name: str, ctx, options, which: str = "input") -> torch.Tensor:
+    return registry.get(name)().init_rows(dataclasses.replace(ctx, options=options, report={}), which, ctx.match.missing)
+
+
+def test_a_given_hypernetwork_gives_every_row(match, tmp_path: Path) -> None:
+    from transplant.hypernet.zett import ZettOptions
+
+    ctx = make_context(match)
+    hn = random_hypernet(ctx, tmp_path / "hn")
+    auto = dataclasses.replace(ctx, options=AutoOptions(hypernet=str(hn)), report={})
+    for which in ("input", "output"):
+        got = registry.get("auto")().init_rows(auto, which, match.missing)
+        assert torch.equal(got, rows("zett", ctx, ZettOptions(hypernet=str(hn)), which))
+    assert auto.report["sources"] == {"input": {"zett": len(match.missing)}, "output": {"zett": len(match.missing)}}
+
+
+def test_the_newest_registered_hypernetwork_that_fits_the_base_is_found(match, tmp_path: Path) -> None:
+    from transplant.hypernet.zett import ZettOptions
+
+    ctx = make_context(match)
+    other = make_context(match, seed=1)
+    other.base_input = other.base_input + 1.0  # another base of the same shape
+    fits = random_hypernet(ctx, tmp_path / "fits")
+    catalog.remember(fits, "zett", "base")
+    catalog.remember(random_hypernet(other, tmp_path / "other"), "zett", "other")  # newer, for another base
+    auto = dataclasses.replace(ctx, options=AutoOptions(), report={})
+    got = registry.get("auto")().init_rows(auto, "input", match.missing)
+    assert torch.equal(got, rows("zett", ctx, ZettOptions(hypernet=str(fits))))
+    assert auto.report["hypernet"] == str(fits.resolve())
+    unregistered = dataclasses.replace(ctx, options=AutoOptions(registered=False), report={}, cache={},
+                                       donor_input=None, donor_output=None)
+    registry.get("auto")().init_rows(unregistered, "input", match.missing)
+    assert "hypernet" not in unregistered.report
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_donor_tokens_it_explains_well_take_omp_rows_the_rest_the_guess(match, encoder_dir: Path,
+                                                                          share: float) -> None:
+    ctx = make_context(match)
+    in_donor = match.missing < len(ctx.donor("output"))
+    omp, result = transfer(dataclasses.replace(ctx, options=OmpOptions(fallback="none")), "output",
+                           ctx.donor("output")[match.missing[in_donor]])
+    threshold = 0.0 if share == 0.0 else 1.0 if share == 1.0 else float(result.rel_residual.quantile(share))
+    options = AutoOptions(registered=False, omp_threshold=threshold, aux_model=str(encoder_dir))
+    auto = dataclasses.replace(ctx, options=options, report={})
+    got = registry.get("auto")().init_rows(auto, "output", match.missing)
+    guess = rows("tokenadapt", ctx, registry.get("tokenadapt").Options(aux_model=str(encoder_dir)), "output")
+    explained = torch.zeros_like(in_donor)
+    explained[in_donor] = result.rel_residual <= threshold
+    assert torch.equal(got[~explained], guess[~explained])
+    assert torch.equal(got[explained], omp[explained[in_donor]])
+    assert auto.report["sources"]["output"] == {"omp": int(explained.sum()),
+                                                "tokenadapt": len(match.missing) - int(explained.sum())}
+    assert int(explained.sum()) == round(share * int(in_donor.sum()))  # none, about half, every donor token
+
+
+def test_without_a_text_encoder_subword_is_the_floor(match) -> None:
+    """Offline and never fetched (this suite has no index), the default MiniLM is unavailable."""
+    ctx = dataclasses.replace(make_context(match), donor_input=None, donor_output=None)
+    auto = dataclasses.replace(ctx, options=AutoOptions(registered=False), report={})
+    got = registry.get("auto")().init_rows(auto, "input", match.missing)
+    assert torch.equal(got, subword_rows(ctx, "input", match.missing))
+    assert auto.report["sources"] == {"input": {"subword": len(match.missing)}}
+    assert auto.report["tokenadapt_unavailable"]
+
+
+def test_auto_is_the_default_and_takes_new_s_own_model_as_donor(corpus_file: Path, sp_model: Path,
+                                                                tmp_path: Path) -> None:
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=True)
+    donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=360), tmp_path / "donor", tied=True, seed=5)
+    for new, expect_donor in ((sp_model, False), (donor, True)):
+        out = tmp_path / f"out-{expect_donor}"
+        result = runner.invoke(app, ["model", str(base), "--tokenizer", str(new), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "transplant.json").read_text())
+        assert record["method"] == "auto" and (record["donor"] is not None) == expect_donor
+        assert ("omp" in record["method_report"]["sources"]["input"]) == expect_donor
+
+
+def test_hypernet_list_shows_what_was_registered(match, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))
+    assert "no hypernetworks yet" in runner.invoke(app, ["hypernet", "list"]).output
+    hn = random_hypernet(make_context(match), tmp_path / "hn")
+    catalog.remember(hn, "zett", "smollm2-135m")
+    listed = runner.invoke(app, ["hypernet", "list"], terminal_width=300).output
+    assert "smollm2-135m" in listed and "zett" in listed
+    catalog.remember(hn, "zett", "smollm2-135m")  # again: still one entry
+    assert len(catalog.entries()) == 1

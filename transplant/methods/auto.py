@@ -1,0 +1,130 @@
+"""auto: the best rows the inputs allow, chosen token by token (the default method).
+
+Which method wins depends on what the user has, and the measured tables (docs/results.md)
+rank them the same way on every tokenizer tried:
+
+1. A ``zett`` hypernetwork trained for this base: ``--hypernet DIR``, or else the newest
+   one this machine trained that fits the base (``transplant hypernet list``). It is the
+   best zero-shot method wherever one exists, so every missing row comes from it.
+2. Without one, ``tokenadapt`` gives every missing row (text-embedding neighbours blended
+   with the token's pieces), and where a donor model is available (``--donor``, or NEW names
+   a model) the rows of tokens the donor explains well are ``omp``'s instead: tokens whose
+   donor row a sparse mix of shared anchors reproduces within ``--omp-threshold`` relative
+   residual. OMP copies what the donor knows; on badly explained tokens (whitespace runs,
+   partial UTF-8 pieces) it is worse than a guess from the spelling, so those keep the
+   ``tokenadapt`` row.
+3. ``subword`` is the floor: when the text encoder behind ``tokenadapt`` cannot be had
+   (offline, never fetched), every row that would be its comes from the token's pieces.
+
+``method_report`` says where the rows came from (counts per source and matrix) and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import torch
+
+from transplant.errors import UserError
+from transplant.methods.base import Context, MethodBase, Which
+from transplant.methods.baselines import subword_rows
+from transplant.methods.omp import OmpOptions, transfer
+from transplant.methods.registry import get, register
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    hypernet: Optional[str] = None  # a zett HN_DIR; None = the newest registered one that fits the base
+    registered: bool = True  # look for a registered hypernetwork when --hypernet is not given
+    omp_threshold: float = 0.3  # donor tokens with OMP relative residual at most this take OMP's row
+    aux_model: Optional[str] = None  # tokenadapt's text encoder (default: the packaged MiniLM)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.omp_threshold <= 1.0:
+            raise UserError(f"auto: --omp-threshold is a relative residual in [0, 1], got {self.omp_threshold}")
+
+
+def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
+    """The hypernetwork to use: the one given (which must fit), else the newest registered
+    zett network that loads for this base (the fit is the loader's own check), else None."""
+    from transplant.hypernet import catalog
+    from transplant.hypernet.zett import load_hypernet
+
+    if options.hypernet:
+        return Path(options.hypernet)
+    if not options.registered:
+        return None
+    for entry in catalog.entries("zett"):
+        try:
+            load_hypernet(Path(entry.path), ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output)
+        except UserError:
+            continue
+        return Path(entry.path)
+    return None
+
+
+def _rows_of(name: str, ctx: Context, options: object, which: Which, missing: torch.Tensor) -> torch.Tensor:
+    """Rows of another registered method, run on this context with its own options and report."""
+    sub = dataclasses.replace(ctx, options=options, report={})
+    rows = get(name)().init_rows(sub, which, missing)
+    if sub.report:
+        ctx.report.setdefault("reports", {})[name] = sub.report
+    return rows
+
+
+@register
+class Auto(MethodBase):
+    name: ClassVar[str] = "auto"
+    description: ClassVar[str] = ("the best the inputs allow: zett with a hypernetwork for the base, else tokenadapt "
+                                  "with omp rows where a donor explains the token well; subword as the floor")
+    Options: ClassVar[type] = AutoOptions
+    uses_donor: ClassVar[bool] = True
+
+    def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        options: AutoOptions = ctx.options
+        hypernet = ctx.plan("auto:hypernet", missing, lambda: find_hypernet(ctx, options))
+        if hypernet is not None:
+            from transplant.hypernet.zett import ZettOptions
+
+            ctx.report["hypernet"] = str(hypernet)
+            return self._record(ctx, which, {"zett": missing.numel()},
+                                _rows_of("zett", ctx, ZettOptions(hypernet=str(hypernet)), which, missing))
+        rows, source = self._guess_rows(ctx, which, missing, options)
+        counts = {source: missing.numel()}
+        if ctx.donor_input is not None:
+            explained = self._explained_by_donor(ctx, which, missing, options, rows)
+            counts = {"omp": explained, source: missing.numel() - explained}
+        return self._record(ctx, which, counts, rows)
+
+    def _guess_rows(self, ctx: Context, which: Which, missing: torch.Tensor,
+                    options: AutoOptions) -> tuple[torch.Tensor, str]:
+        """tokenadapt's rows, or subword's when its text encoder cannot be loaded."""
+        from transplant.methods.tokenadapt import TokenAdaptOptions
+
+        try:
+            return _rows_of("tokenadapt", ctx, TokenAdaptOptions(aux_model=options.aux_model), which, missing), \
+                "tokenadapt"
+        except UserError as e:
+            ctx.report["tokenadapt_unavailable"] = str(e)
+            return subword_rows(ctx, which, missing), "subword"
+
+    def _explained_by_donor(self, ctx: Context, which: Which, missing: torch.Tensor, options: AutoOptions,
+                            rows: torch.Tensor) -> int:
+        """Overwrite, in ``rows``, the rows of tokens the donor's anchors explain well with
+        OMP's; how many that was."""
+        donor = ctx.donor(which)
+        missing = missing.to(ctx.device)
+        in_donor = (missing < len(donor)).nonzero().squeeze(1)
+        omp_ctx = dataclasses.replace(ctx, options=OmpOptions(fallback="none"))
+        omp_rows, result = transfer(omp_ctx, which, donor[missing[in_donor]])
+        good = result.rel_residual <= options.omp_threshold
+        rows[in_donor[good].to(rows.device)] = omp_rows[good].to(rows.device, rows.dtype)
+        return int(good.sum())
+
+    @staticmethod
+    def _record(ctx: Context, which: Which, counts: dict[str, int], rows: torch.Tensor) -> torch.Tensor:
+        ctx.report.setdefault("sources", {})[which] = counts
+        return rows
