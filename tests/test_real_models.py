@@ -41,18 +41,24 @@ def test_smollm2_onto_gemma3_tokenizer_with_subword(tmp_path: Path) -> None:
     assert "Paris" in reply and reply.rstrip().endswith("<|im_end|>")
 
 
-def test_smollm2_onto_gemma3_tokenizer_with_omp(tmp_path: Path) -> None:
-    """The README's main job: OMP from the tokenizer's own model (the donor defaults to it).
-    New rows must look like embedding rows: a pooled fit without the ridge once gave rows 20x
-    longer than any base row, which wrecked perplexity through the tied output layer and
+def test_smollm2_onto_gemma3_tokenizer_the_main_job(tmp_path: Path) -> None:
+    """The README's main job on a machine with no hypernetwork: `auto` takes tokenadapt's rows,
+    and omp's (donor: the tokenizer's own model) for the tokens the donor explains well.
+    New rows must look like embedding rows: a pooled OMP fit without the ridge once gave rows
+    20x longer than any base row, which wrecked perplexity through the tied output layer and
     failed nothing else."""
     from transplant.io.checkpoint import read_embeddings
     from transplant.io.sources import resolve_model
 
-    out = tmp_path / "smollm2-gemma3-omp"
-    result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out, method="omp"))
+    out = tmp_path / "smollm2-gemma3"
+    result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out,
+                                         options={"registered": False}))
     assert result.counts["initialized"] > 200_000
-    assert json.loads((out / "transplant.json").read_text())["donor"] == "gemma3-270m"
+    record = json.loads((out / "transplant.json").read_text())
+    assert record["method"] == "auto" and record["donor"] == "gemma3-270m"
+    sources = record["method_report"]["sources"]["input"]
+    assert set(sources) == {"omp", "tokenadapt"} and sum(sources.values()) == result.counts["initialized"]
+    assert 0 < sources["omp"] < result.counts["initialized"]
     base_norms = read_embeddings(resolve_model("smollm2-135m")).input.float().norm(dim=1)
     rows = read_embeddings(out).input.float()
     assert torch.isfinite(rows).all()

@@ -7,7 +7,7 @@ Reads the roff sources of ``/usr/share/man/LANG/man*/*.gz`` for each language as
 the English originals (``/usr/share/man/man{1,5,7,8}/``) of the pages translated into any language, strips roff with the rules of
 ``german_tokenizer.py`` (the same directory), and writes one paragraph per document
 (blank-line separated ``.txt``, what ``--train-vectors`` reads). German pages are left out
-by default: ``/work/data/german/train.txt`` (fortunes-de + manpages-de) already holds them,
+by default: ``out/german/train.txt`` (fortunes-de + manpages-de) already holds them,
 so give that file as a second corpus. Never reads the Debian Reference (the evaluation book).
 """
 

@@ -2,7 +2,7 @@
 for ``transplant model --method transtok --parallel FILE``.
 
     apt-get install -y manpages manpages-de
-    python recipes/corpora/parallel_manpages.py -o /work/runs/transtok/manpages-en-de.tsv
+    python recipes/corpora/parallel_manpages.py -o out/manpages-en-de.tsv
 
 What it reads, and nothing else: the pages that exist under one name in English
 (``/usr/share/man/man{1,5,7,8}/X.gz``: package ``manpages`` and the tools themselves) and in
