@@ -51,7 +51,7 @@ def main() -> None:
     embeddings = read_embeddings(base_dir)
     base_input = embeddings.input.float()
     base_output = None if embeddings.output is None else embeddings.output.float()
-    model, words = load_hyperofa(args.hypernet, vocab.tokens, base_input, base_output)
+    model, words, _ = load_hyperofa(args.hypernet, vocab.tokens, base_input, base_output)
     sets = build_word_sets(tokenizer, vocab, words, {w: i for i, w in enumerate(words)}, model.config.max_words)
 
     held = torch.tensor(json.loads((args.hypernet / "config.json").read_text())["heldout_ids"])

@@ -15,7 +15,8 @@ language. Tokens without any vector (bytes, pieces no vocabulary word contains) 
 to ``subword``.
 
 A trained directory holds the network, the word vectors and their words, and the
-fingerprint of its base (:mod:`transplant.hypernet.fingerprint`): it is refused for any other base.
+fingerprint of its base (:mod:`transplant.hypernet.fingerprint`): it is refused for any base but
+that one and its fine-tuned variants.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from transplant.hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
+from transplant.hypernet.fingerprint import (WEIGHTS_FILE, BaseSample, check_base, read_directory_config,
+                                             save_directory)
 from transplant.hypernet.wordsets import WordSets, build_word_sets
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
@@ -142,9 +144,11 @@ def predict(model: HyperOfaNetwork, sets: torch.Tensor, which: Which, batch_size
     return rows
 
 
-def save_hyperofa(model: HyperOfaNetwork, words: Sequence[str], out: Path, extra: dict | None = None) -> None:
-    """Write ``out/config.json``, ``out/model.safetensors`` (network + vectors), ``out/words.json``."""
-    save_directory(model, model.config, FORMAT, out, extra)
+def save_hyperofa(model: HyperOfaNetwork, words: Sequence[str], out: Path, base: BaseSample,
+                  extra: dict | None = None) -> None:
+    """Write ``out/config.json``, ``out/model.safetensors`` (network + vectors), ``out/words.json``
+    and the ``base`` sample."""
+    save_directory(model, model.config, FORMAT, out, base, extra)
     (out / WORDS_FILE).write_text(json.dumps(list(words), ensure_ascii=False, allow_nan=False))
 
 
@@ -154,15 +158,16 @@ def read_config(directory: Path) -> HyperOfaConfig:
 
 
 def load_hyperofa(directory: Path, tokens: Sequence[str | None], base_input: torch.Tensor,
-                  base_output: torch.Tensor | None) -> tuple[HyperOfaNetwork, list[str]]:
-    """The network in ``directory`` and its words, for this base only."""
+                  base_output: torch.Tensor | None) -> tuple[HyperOfaNetwork, list[str], dict]:
+    """The network in ``directory``, its words, and how this base relates to the one it was
+    trained for (the base itself or a fine-tuned variant; anything else is refused)."""
     config = read_config(directory)
-    check_base(directory, config.hidden_size, config.tied, config.base_hash, tokens, base_input, base_output)
+    relation = check_base(directory, config.hidden_size, config.tied, config.base_hash, tokens, base_input, base_output)
     state = load_file(Path(directory) / WEIGHTS_FILE)
     model = HyperOfaNetwork(config, state["vectors"])
     model.load_state_dict(state)
     words = json.loads((Path(directory) / WORDS_FILE).read_text())
-    return model.eval(), words
+    return model.eval(), words, relation
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,8 @@ class HyperOfa(MethodBase):
     def loaded(self, ctx: Context) -> tuple[HyperOfaNetwork, WordSets]:
         """The network for this base and the new tokenizer's word sets, built once per run."""
         if "hyperofa" not in ctx.cache:
-            model, words = load_hyperofa(Path(ctx.options.hypernet), ctx.match.base_vocab.tokens,
-                                         ctx.base_input, ctx.base_output)
+            model, words, ctx.report["base_check"] = load_hyperofa(Path(ctx.options.hypernet), ctx.match.base_vocab.tokens,
+                                                             ctx.base_input, ctx.base_output)
             sets = build_word_sets(ctx.match.new_tokenizer, ctx.match.new_vocab, words,
                                    {w: i for i, w in enumerate(words)}, model.config.max_words)
             ctx.cache["hyperofa"] = (model.to(ctx.device), sets)

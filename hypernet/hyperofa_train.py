@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from gensim.models import KeyedVectors
 from transformers import AutoTokenizer
 
-from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.fingerprint import BaseSample, base_hash
 from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa, trimmed
 from transplant.hypernet.zett_train import HypernetRunConfig, write_hypernet_dir
 from transplant.hypernet.wordsets import SPLIT_KEY, WordSets, build_word_sets, split_words
@@ -126,8 +126,9 @@ class HyperOfaTask:
     """The HyperOFA trainer's side of :func:`transplant.training.loop.fit`: examples are base token ids."""
 
     def __init__(self, cfg: HyperOfaTrainConfig, model: HyperOfaNetwork, sets: WordSets, words: list[str],
-                 targets: dict[str, torch.Tensor], examples: torch.Tensor, device: torch.device, extra: dict):
-        self.cfg, self.model, self.sets, self.words, self.extra = cfg, model, sets, words, extra
+                 targets: dict[str, torch.Tensor], examples: torch.Tensor, device: torch.device, extra: dict,
+                 base: BaseSample):
+        self.cfg, self.model, self.sets, self.words, self.extra, self.base = cfg, model, sets, words, extra, base
         self.targets = {name: rows.float().to(device) for name, rows in targets.items()}
         self.scale = {name: rows.abs().mean() for name, rows in self.targets.items()}
         self.train_ids, self.heldout = split_ids(examples, cfg.holdout, cfg.seed)
@@ -186,7 +187,8 @@ class HyperOfaTask:
         model.load_state_dict(self.best.weights | {"vectors": model.vectors})
         record = {"best_step": self.best.step, "heldout": self.best.figures, "heldout_ids": self.heldout.tolist(),
                   "training": config_dict(self.cfg), **self.extra}
-        write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, record), "hyperofa")
+        write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, self.base, record),
+                           "hyperofa")
 
     def state_objects(self) -> list:
         return [self.best]
@@ -231,7 +233,8 @@ def train(cfg: HyperOfaTrainConfig) -> Path:
     model = HyperOfaNetwork(config, torch.from_numpy(vectors.vectors[: len(words)]))
     targets = {"input": base_input} if base_output is None else {"input": base_input, "output": base_output}
     extra = {"base": cfg.base, "timings": timings, "base_tokens_with_vectors": len(examples)}
-    task = HyperOfaTask(cfg, model, sets, words, targets, examples, accelerator.device, extra)
+    task = HyperOfaTask(cfg, model, sets, words, targets, examples, accelerator.device, extra,
+                        BaseSample.of(vocab.tokens, base_input, base_output))
     started = time.perf_counter()
     with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
         fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)

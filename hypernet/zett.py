@@ -11,8 +11,8 @@ rows:
 
 The heads start at zero, so an untrained hypernetwork *is* the ``subword`` baseline and
 training can only move away from it where the LM loss says so. A trained hypernetwork is
-tied to its base: its directory records the base's hidden size and a hash of the base
-vocabulary and embedding matrices, and applying it to anything else is refused.
+tied to its base and the base's fine-tuned variants (:mod:`transplant.hypernet.fingerprint`):
+applying it to anything else is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from transplant.hypernet.fingerprint import WEIGHTS_FILE, check_base, read_directory_config, save_directory
+from transplant.hypernet.fingerprint import (WEIGHTS_FILE, BaseSample, check_base, read_directory_config,
+                                             save_directory)
 from transplant.errors import UserError
 from transplant.methods.base import Context, MethodBase, Which
 from transplant.methods.baselines import mix_rows
@@ -121,9 +122,9 @@ class HyperNetwork(nn.Module):
         return rows["input"], rows.get("output")
 
 
-def save_hypernet(model: HyperNetwork, out: Path, extra: dict | None = None) -> None:
-    """Write ``model`` as ``out/config.json`` + ``out/model.safetensors``."""
-    save_directory(model, model.config, FORMAT, out, extra)
+def save_hypernet(model: HyperNetwork, out: Path, base: BaseSample, extra: dict | None = None) -> None:
+    """Write ``model`` as ``out/config.json`` + ``out/model.safetensors``, with its ``base`` sample."""
+    save_directory(model, model.config, FORMAT, out, base, extra)
 
 
 def read_config(directory: Path) -> HypernetConfig:
@@ -132,13 +133,15 @@ def read_config(directory: Path) -> HypernetConfig:
 
 
 def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: torch.Tensor,
-                  base_output: torch.Tensor | None) -> HyperNetwork:
-    """The hypernetwork in ``directory`` for this base, or one line saying why it does not fit."""
+                  base_output: torch.Tensor | None) -> tuple[HyperNetwork, dict]:
+    """The hypernetwork in ``directory`` for this base and how the base relates to the one it
+    was trained for (:func:`~transplant.hypernet.fingerprint.check_base`), or one line saying
+    why it does not fit."""
     config = read_config(directory)
-    check_base(directory, config.hidden_size, config.tied, config.base_hash, tokens, base_input, base_output)
+    relation = check_base(directory, config.hidden_size, config.tied, config.base_hash, tokens, base_input, base_output)
     model = HyperNetwork(config, base_input, base_output)
     model.load_state_dict(load_file(Path(directory) / WEIGHTS_FILE))
-    return model.eval()
+    return model.eval(), relation
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,8 @@ class Zett(MethodBase):
         """Predicted rows, in batches of tokens sorted by piece count (little padding)."""
         if "zett" not in ctx.cache:
             tokens = ctx.match.base_vocab.tokens
-            ctx.cache["zett"] = load_hypernet(Path(ctx.options.hypernet), tokens, ctx.base_input, ctx.base_output).to(ctx.device)
+            model, ctx.report["base_check"] = load_hypernet(Path(ctx.options.hypernet), tokens, ctx.base_input, ctx.base_output)
+            ctx.cache["zett"] = model.to(ctx.device)
         model: HyperNetwork = ctx.cache["zett"]
         lengths = torch.tensor([len(ctx.match.decompose(i)) for i in missing.tolist()])
         rows = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)

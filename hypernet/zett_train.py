@@ -49,7 +49,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from transplant.hypernet import catalog
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler, piece_bytes
-from transplant.hypernet.fingerprint import CONFIG_FILE, base_hash
+from transplant.hypernet.fingerprint import CONFIG_FILE, BaseSample, base_hash
 from transplant.hypernet.zett import HyperNetwork, HypernetConfig, padded_ids, save_hypernet
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import read_embeddings
@@ -186,6 +186,7 @@ class HypernetTask:
             base_hash=base_hash(self.base_vocab.tokens, base_input, base_output), width=cfg.width,
             layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, max_pieces=cfg.max_pieces,
         )
+        self.base_sample = BaseSample.of(self.base_vocab.tokens, base_input, base_output)
         torch.manual_seed(cfg.seed)
         self.model = HyperNetwork(config, base_input, base_output)
         self.sampler = TokenizerSampler(cfg.sampler)
@@ -356,7 +357,7 @@ class HypernetTask:
 
     def export(self, model: HyperNetwork, run: Path) -> None:
         record = {"base": self.cfg.base, "training": config_dict(self.cfg)}
-        write_hypernet_dir(self.cfg, run, lambda out: save_hypernet(model, out, record), "zett")
+        write_hypernet_dir(self.cfg, run, lambda out: save_hypernet(model, out, self.base_sample, record), "zett")
 
     def should_stop(self) -> bool:
         return False

@@ -163,7 +163,7 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
     """A zett hypernetwork directory for the base in ``ctx`` with random (non-zero) heads, so
     its rows differ from the ``subword`` rows a freshly initialized one gives."""
-    from transplant.hypernet.fingerprint import base_hash
+    from transplant.hypernet.fingerprint import BaseSample, base_hash
     from transplant.hypernet.zett import HypernetConfig, HyperNetwork, save_hypernet
 
     config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
@@ -173,7 +173,7 @@ def random_hypernet(ctx, out: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for head in model.heads.values():
             head.weight.normal_(0, 0.1)
-    save_hypernet(model, out)
+    save_hypernet(model, out, BaseSample.of(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output))
     return out
 
 
@@ -181,7 +181,7 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
     """A hyperofa hypernetwork directory for the base in ``ctx``: random 8-d vectors for the
     words of :func:`make_text` (the text the test tokenizers are trained on) and a network with
     random (non-zero) heads."""
-    from transplant.hypernet.fingerprint import base_hash
+    from transplant.hypernet.fingerprint import BaseSample, base_hash
     from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, save_hyperofa
 
     words = sorted(set(WORDS))
@@ -193,7 +193,7 @@ def random_hyperofa(ctx, out: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for head in model.heads.values():
             head.weight.normal_(0, 0.1)
-    save_hyperofa(model, words, out)
+    save_hyperofa(model, words, out, BaseSample.of(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output))
     return out
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import bpe_tokenizer, tiny_llama
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler
 from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig
-from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.fingerprint import BaseSample, base_hash
 from transplant.hypernet.zett import HyperNetwork, HypernetConfig, ZettOptions, save_hypernet
 from transplant.errors import UserError
 from transplant.methods import registry
@@ -55,7 +55,8 @@ def untrained(ctx: Context, out: Path) -> Path:
     config = HypernetConfig(ctx.base_input.shape[1], ctx.base_output is None,
                             base_hash(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output), width=32)
     torch.manual_seed(0)
-    save_hypernet(HyperNetwork(config, ctx.base_input, ctx.base_output), out)
+    save_hypernet(HyperNetwork(config, ctx.base_input, ctx.base_output), out,
+                  BaseSample.of(ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output))
     return out
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from transplant.cli import app
 from conftest import WORDS, bpe_tokenizer, tiny_llama
-from transplant.hypernet.fingerprint import base_hash
+from transplant.hypernet.fingerprint import BaseSample, base_hash
 from transplant.hypernet.hyperofa import HyperOfaConfig, HyperOfaNetwork, HyperOfaOptions, load_hyperofa, predict
 from transplant.hypernet.hyperofa_train import Best, HyperOfaTask, HyperOfaTrainConfig
 from transplant.hypernet.wordsets import WordSets, build_word_sets, split_words, token_word_pairs
@@ -118,14 +118,16 @@ def test_training_recovers_a_linear_map_of_the_word_vectors(tmp_path: Path) -> N
     torch.manual_seed(0)
     model = HyperOfaNetwork(config, vectors)
     accelerator = make_accelerator(cfg)
-    task = HyperOfaTask(cfg, model, sets, words, {"input": targets}, torch.arange(len(targets)), accelerator.device, {})
+    task = HyperOfaTask(cfg, model, sets, words, {"input": targets}, torch.arange(len(targets)), accelerator.device, {},
+                        BaseSample.of(tokens, targets, None))
     fit(task, cfg, cfg.run_path, accelerator)
 
     log = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
     evals = [r["eval"] for r in log if "eval" in r]
     assert evals[0]["cos/input"] < 0.5 < 0.95 < task.best.figures["cos/input"]
     # the directory holds the best weights: its predictions for the held-out tokens agree
-    model, saved_words = load_hyperofa(Path(cfg.out), tokens, targets, None)
+    model, saved_words, relation = load_hyperofa(Path(cfg.out), tokens, targets, None)
+    assert relation["relation"] == "same"
     held = task.heldout
     predicted = predict(model, sets.inputs(held), "input")
     assert saved_words == words and len(held) == 300

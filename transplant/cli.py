@@ -95,8 +95,11 @@ def model(
                        pad_to_multiple_of=pad_to_multiple_of, force=force, allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, stages=Stages(console=None if as_json else console))
     if as_json:
-        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings}, allow_nan=False))
+        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
+                          "warnings": result.warnings}, allow_nan=False))
         return
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     c = result.counts
     console.print(
         f"wrote [bold]{result.out}[/]: {c['rows']:,} rows, {c['copied']:,} copied, "

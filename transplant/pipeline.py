@@ -25,6 +25,7 @@ from transplant.io.sources import resolve_model
 from transplant.io.tokenizer import check_fits, load_tokenizer
 from transplant.io.trust import Trust
 from transplant.vocab.matching import VocabMatch, match_vocabularies
+from transplant.vocab.numbers import compare_numbers
 
 
 # Padding rounds the rows up for GPU-friendly shapes (8, 64, 128 are usual); beyond this
@@ -58,6 +59,7 @@ class TransplantResult:
     out: Path
     counts: dict[str, int]
     timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # one line each, for the caller to show
 
 
 def _check_donor(donor: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -> None:
@@ -140,6 +142,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
         if getattr(options, "predict_all", False):  # a method option: its rows for exact matches too
             match = match.predicting_all()
+        numbers = compare_numbers(base_tokenizer, new_tokenizer)
     ctx = Context(
         match=match,
         base_input=_as_float(embeddings.input, device),
@@ -182,6 +185,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         "tied": embeddings.tied,
         "counts": counts,
         "method_report": ctx.report,
+        "numbers": numbers.to_dict(),
         "initialized_rows": INITIALIZED_FILE,
     }
     initialized = torch.zeros(match.num_rows, dtype=torch.bool)
@@ -192,4 +196,6 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
                lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
-    return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))
+    warning = numbers.warning()
+    return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings),
+                            warnings=[warning] if warning else [])

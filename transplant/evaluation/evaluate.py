@@ -18,12 +18,18 @@ piece (cut before whitespace, see :func:`pieces`) and its windows are made a bat
 time as the tokens arrive. Its tokens are its pieces' tokens one after another, which can
 differ from the whole text's only where a cut falls; the windows run over them as over any
 document's, so context carries across the cuts.
+
+The numbers in the text (:func:`transplant.vocab.numbers.number_spans`: digit runs with the
+space before them) are also scored on their own: the NLL of the tokens that write them, per
+byte of them. That is the ``digits`` group, a subset across all groups, where a transplant
+between tokenizers that split numbers differently shows its cost.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transplant.inputs.corpus import Document
 from transplant.errors import UserError
 from transplant.io.trust import Trust
+from transplant.vocab.numbers import marked_tokens, number_spans
 
 LOGITS_BUDGET_BYTES = 1 << 30  # float32 logits of one forward pass stay under 1 GiB
 
@@ -68,12 +75,24 @@ class Score:
     tokens: int = 0  # text tokens (BOS excluded)
     bytes: int = 0  # UTF-8 bytes of the text
     docs: int = 0
+    # the same sums over the numbers in the text: the tokens that write them, their bytes, the
+    # documents that have any (None where not measured, and inside itself)
+    numbers: Score | None = None
 
     def add(self, other: Score) -> None:
         self.nll += other.nll
         self.tokens += other.tokens
         self.bytes += other.bytes
         self.docs += other.docs
+        if other.numbers is not None:
+            self.numbers = self.numbers or Score()
+            self.numbers.add(other.numbers)
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> Score:
+        """The inverse of ``dataclasses.asdict``, numbers included (a saved evaluation)."""
+        numbers = fields.get("numbers")
+        return cls(**{**fields, "numbers": None if numbers is None else cls(**numbers)})
 
     @property
     def bits_per_byte(self) -> float:
@@ -119,11 +138,19 @@ class Evaluation:
             total.add(score)
         return total
 
+    @property
+    def digits(self) -> Score | None:
+        """The numbers of every group together, or None when the text has none."""
+        numbers = self.overall.numbers
+        return numbers if numbers is not None and numbers.bytes and numbers.tokens else None
+
     def to_dict(self) -> dict:
+        digits = self.digits
         return {
             "model": self.model,
             "overall": self.overall.to_dict(),
             "groups": {name: score.to_dict() for name, score in self.groups.items()},
+            **({"digits": digits.to_dict()} if digits else {}),
         }
 
 
@@ -193,15 +220,22 @@ def pieces(text: str, max_chars: int) -> Iterator[str]:
     yield text[start:]
 
 
-@torch.inference_mode()
 def score_windows(
     model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
 ) -> list[float]:
     """Summed NLL (nats) of the scored targets of each window, in the order given."""
+    return [float(nll.sum()) for nll in score_window_tokens(model, windows, pad_id, config, progress)]
+
+
+@torch.inference_mode()
+def score_window_tokens(
+    model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
+) -> list[torch.Tensor]:
+    """NLL (nats, float64, on the CPU) of each scored target of each window, in the order given."""
     vocab = model.get_output_embeddings().weight.shape[0]
     token_budget = max(LOGITS_BUDGET_BYTES // (4 * vocab), 1)
     order = sorted(range(len(windows)), key=lambda i: (len(windows[i].ids), i))
-    nll = [0.0] * len(windows)
+    nll: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64)] * len(windows)
     start = 0
     while start < len(order):
         stop = start + 1
@@ -221,7 +255,7 @@ def score_windows(
     return nll
 
 
-def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[float]:
+def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[torch.Tensor]:
     """One right-padded forward pass; causal attention keeps the padding out of real positions."""
     device = model.device
     width = max(len(w.ids) for w in batch)
@@ -236,10 +270,8 @@ def _score_batch(model, batch: Sequence[Window], pad_id: int) -> list[float]:
     input_ids, attention_mask, target_mask = input_ids.to(device), attention_mask.to(device), target_mask.to(device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = input_ids[:, 1:][target_mask]
-    token_nll = F.cross_entropy(logits[target_mask].float(), targets, reduction="none").double()
-    rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(target_mask)[target_mask]
-    per_row = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_nll)
-    return per_row.tolist()
+    token_nll = F.cross_entropy(logits[target_mask].float(), targets, reduction="none").double().cpu()
+    return list(token_nll.split([w.scored for w in batch]))  # the mask runs row by row
 
 
 class _Tally:
@@ -296,32 +328,58 @@ def _score_together(run: _Scoring, texts: dict[int, str]) -> dict[int, Score]:
     padded batches as possible."""
     if not texts:
         return {}
-    encoded = dict(zip(texts, run.tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]))
-    windows = [w for i, ids in encoded.items() for w in make_windows(i, [run.prefix, *ids], run.max_length, run.overlap)]
-    window_nll = score_windows(run.model, windows, run.pad_id, run.config, run.tally.add(len(windows)))
-    scores = {i: Score(tokens=len(ids), bytes=len(texts[i].encode("utf-8")), docs=1) for i, ids in encoded.items()}
-    for window, value in zip(windows, window_nll, strict=True):
-        scores[window.doc].nll += value
+    encoded = run.tokenizer(list(texts.values()), add_special_tokens=False, return_offsets_mapping=True)
+    scores, marks = {}, {}
+    for (i, text), offsets in zip(texts.items(), encoded["offset_mapping"], strict=True):
+        spans = number_spans(text)
+        numbers = Score(bytes=_span_bytes(text, spans), docs=int(bool(spans)))
+        scores[i] = Score(tokens=len(offsets), bytes=len(text.encode("utf-8")), docs=1, numbers=numbers)
+        marks[i] = marked_tokens(offsets, spans)
+    windows = [w for i, ids in zip(texts, encoded["input_ids"], strict=True)
+               for w in make_windows(i, [run.prefix, *ids], run.max_length, run.overlap)]
+    window_nll = score_window_tokens(run.model, windows, run.pad_id, run.config, run.tally.add(len(windows)))
+    counted = dict.fromkeys(texts, 0)  # targets of each document counted so far: windows come in order
+    for window, nll in zip(windows, window_nll, strict=True):
+        done = counted[window.doc]
+        _count(scores[window.doc], nll, marks[window.doc][done : done + len(nll)])
+        counted[window.doc] = done + len(nll)
     return scores
 
 
 def _score_alone(run: _Scoring, text: str) -> Score:
     """One long document: tokenized piece by piece, its windows made and scored a batch at a
     time, so only one piece's tokens and one batch of windows are held, whatever its length."""
-    score = Score(docs=1)
+    score = Score(docs=1, numbers=Score())
+    marks: deque[bool] = deque()  # whether each token read but not yet scored writes a number
 
     def ids() -> Iterator[int]:
         yield run.prefix
         for piece in pieces(text, run.config.piece_chars):
-            piece_ids = run.tokenizer(piece, add_special_tokens=False)["input_ids"]
-            score.tokens += len(piece_ids)
+            encoded = run.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            spans = number_spans(piece)
+            marks.extend(marked_tokens(encoded["offset_mapping"], spans).tolist())
+            score.tokens += len(encoded["input_ids"])
             score.bytes += len(piece.encode("utf-8"))
-            yield from piece_ids
+            score.numbers.bytes += _span_bytes(piece, spans)
+            yield from encoded["input_ids"]
 
     windows = iter_windows(0, ids(), run.max_length, run.overlap)
     while batch := list(itertools.islice(windows, run.config.batch_size)):
-        score.nll += sum(score_windows(run.model, batch, run.pad_id, run.config, run.tally.add(len(batch))))
+        for nll in score_window_tokens(run.model, batch, run.pad_id, run.config, run.tally.add(len(batch))):
+            _count(score, nll, torch.tensor([marks.popleft() for _ in range(len(nll))], dtype=torch.bool))
+    score.numbers.docs = int(score.numbers.bytes > 0)
     return score
+
+
+def _span_bytes(text: str, spans: Sequence[tuple[int, int]]) -> int:
+    return sum(len(text[start:stop].encode("utf-8")) for start, stop in spans)
+
+
+def _count(score: Score, nll: torch.Tensor, marked: torch.Tensor) -> None:
+    """Add the NLL of scored targets to a document, and that of those that write numbers to its numbers."""
+    score.nll += float(nll.sum())
+    score.numbers.nll += float(nll[marked].sum())
+    score.numbers.tokens += int(marked.sum())
 
 
 def evaluate_model(
@@ -343,11 +401,14 @@ def evaluate_model(
 
 
 def ppl_ratio(new: Evaluation, base: Evaluation) -> dict[str, float]:
-    """Byte-level perplexity ratio new/base per group plus "overall"; 1.0 is lossless."""
+    """Byte-level perplexity ratio new/base per group plus "overall", and "digits" when the
+    text has numbers (on their bytes, see the module docstring); 1.0 is lossless."""
     if {g: s.bytes for g, s in new.groups.items()} != {g: s.bytes for g, s in base.groups.items()}:
         raise ValueError("evaluations were not computed on the same documents")
     ratios = {g: new.groups[g].byte_ppl / base.groups[g].byte_ppl for g in base.groups}
     ratios["overall"] = new.overall.byte_ppl / base.overall.byte_ppl
+    if new.digits is not None and base.digits is not None:
+        ratios["digits"] = new.digits.byte_ppl / base.digits.byte_ppl
     return ratios
 
 

@@ -62,13 +62,17 @@ def pair_grid(new: Evaluation, base: Evaluation) -> Grid:
     headers = ["group", "docs", "bpb base", "bpb new", "B/tok base", "B/tok new", "tokPPL base*", "tokPPL new*",
                "ratio"]
     named = [(g, base.groups[g], new.groups[g]) for g in base.groups] + [("overall", base.overall, new.overall)]
+    if "digits" in ratios:
+        named.append(("digits", base.digits, new.digits))
     rows = [
         [g, str(b.docs), f"{b.bits_per_byte:.4f}", f"{n.bits_per_byte:.4f}", f"{b.bytes_per_token:.3f}",
          f"{n.bytes_per_token:.3f}", f"{b.token_ppl:.2f}", f"{n.token_ppl:.2f}", f"{ratios[g]:.4f}"]
         for g, b, n in named
     ]
     title = f"{new.model} vs {base.model}: byte-level perplexity ratio (1.0 = lossless)"
-    return Grid(title, headers, rows, TOKEN_PPL_NOTE)
+    note = TOKEN_PPL_NOTE + ("; digits: the tokens that write the numbers in the text, per byte of them"
+                             if "digits" in ratios else "")
+    return Grid(title, headers, rows, note)
 
 
 def draft_grid(drafted: DraftEvaluation) -> Grid:

@@ -318,7 +318,7 @@ def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], confi
     key = {"base": base, "corpus": cfg.eval_corpus, "groups": cfg.eval_groups, "docs": cfg.eval_docs,
            "length": cfg.eval_length, "precision": accelerator.mixed_precision}
     if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
-        return Evaluation(base, {g: Score(**s) for g, s in saved["groups"].items()})
+        return Evaluation(base, {g: Score.from_fields(s) for g, s in saved["groups"].items()})
     model, tokenizer = load_model(base, trust=cfg.trust)
     with accelerator.autocast():
         evaluation = evaluate_model(model.to(accelerator.device), tokenizer, docs, base, config)
