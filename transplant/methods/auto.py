@@ -67,11 +67,11 @@ def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
 
 
 def _rows_of(name: str, ctx: Context, options: object, which: Which, missing: torch.Tensor) -> torch.Tensor:
-    """Rows of another registered method, run on this context with its own options and report."""
+    """Rows of another registered method, run on this context with its own options; what it
+    reports (e.g. zett's base check) is reported as auto's."""
     sub = dataclasses.replace(ctx, options=options, report={})
     rows = get(name)().init_rows(sub, which, missing)
-    if sub.report:
-        ctx.report.setdefault("reports", {})[name] = sub.report
+    ctx.report.update(sub.report)
     return rows
 
 
