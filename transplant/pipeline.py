@@ -15,7 +15,8 @@ from transplant import __version__
 from transplant.device import resolve_device
 from transplant.vocab.chat import ChatMode, adopt_chat_template
 from transplant.io.atomic import check_output
-from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, export, read_embeddings
+from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, export, model_config, read_embeddings
+from transplant.io.gguf_export import check_gguf, export_gguf
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
@@ -47,6 +48,7 @@ class TransplantConfig:
     device: str = "cpu"
     chat_template: ChatMode = "base"
     pad_to_multiple_of: int = 1
+    gguf: str | None = None  # also write OUT/model-<gguf>.gguf (f16, bf16, q8_0)
 
     @property
     def trust(self) -> Trust:
@@ -136,6 +138,8 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
         if getattr(options, "predict_all", False):  # a method option: its rows for exact matches too
             match = match.predicting_all()
+    if cfg.gguf is not None:  # a GGUF llama.cpp cannot run is refused before the work, not after
+        check_gguf(model_config(base_dir, cfg.trust), new_tokenizer.backend_tokenizer, match.num_rows, cfg.gguf)
     ctx = Context(
         match=match,
         base_input=_as_float(embeddings.input, device),
@@ -187,5 +191,8 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     with stages.run(writing):
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
                lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
+    if cfg.gguf is not None:
+        with stages.run(f"writing GGUF ({cfg.gguf})"):
+            export_gguf(cfg.out, cfg.gguf, trust=cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings))

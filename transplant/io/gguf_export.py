@@ -30,7 +30,7 @@ from transplant.errors import UserError
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import model_config, weight_files
 from transplant.io.gguf_vocab import GGUFVocab, gguf_vocab
-from transplant.io.outputs import check_output_dir
+from transplant.io.outputs import check_output_file
 from transplant.io.shards import file_tensors, torch_dtypes
 from transplant.io.trust import Trust
 
@@ -260,7 +260,7 @@ def export_gguf(directory: Path, kind: GGUFType = "f16", force: bool = False, tr
     target = gguf_path(directory, kind)
     if target.exists() and not force:
         raise UserError(f"{target} exists; pass --force to replace it")
-    check_output_dir(target)
+    check_output_file(target)
     config = model_config(directory, trust)
     arch = architecture(config)
     tokenizer_file = directory / "tokenizer.json"
