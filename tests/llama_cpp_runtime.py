@@ -1,9 +1,10 @@
 """A real llama.cpp for the GGUF tests: node-llama-cpp's prebuilt CPU binaries, driven by
 ``tests/llama_cpp/generate.mjs``, and the transformers side it is compared with.
 
-Install (npm registry, ~85 MB, a few seconds, nothing compiled):
-``npm ci --prefix tests/llama_cpp --omit=optional --ignore-scripts``. Tests that need it skip
-with that command as the reason when it is missing.
+Install (npm registry, ~85 MB, seconds, nothing compiled; ``--omit=optional`` leaves out the
+CUDA/Vulkan builds, ``--ignore-scripts`` the postinstall that could download or build):
+``npm install --prefix tests/llama_cpp --omit=optional --ignore-scripts --no-audit --no-fund``.
+Tests that need it skip with that command as the reason when it is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 RUNNER_DIR = Path(os.environ.get("TRANSPLANT_LLAMA_CPP", Path(__file__).parent / "llama_cpp"))
-INSTALL = "npm ci --prefix tests/llama_cpp --omit=optional --ignore-scripts"
+INSTALL = "npm install --prefix tests/llama_cpp --omit=optional --ignore-scripts --no-audit --no-fund"
 
 
 def runtime_missing() -> str | None:

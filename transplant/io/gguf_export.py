@@ -14,6 +14,7 @@ another sliding-window pattern), is refused in one line before the file is start
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import model_config, weight_files
 from transplant.io.gguf_vocab import GGUFVocab, gguf_vocab
 from transplant.io.outputs import check_output_file
-from transplant.io.shards import file_tensors, torch_dtypes
+from transplant.io.shards import file_tensors, read_header, torch_dtypes
 from transplant.io.trust import Trust
 
 GGUFType = Literal["f16", "bf16", "q8_0"]
@@ -193,11 +194,18 @@ def _plan(directory: Path, config: PretrainedConfig, arch: Architecture, kind: G
 
 
 def _read(item: _Planned) -> torch.Tensor:
-    tensor = file_tensors(item.path, [item.hf_name])[0]
-    dtype = torch_dtypes().get(tensor.dtype)
+    """One tensor, read from the file into one buffer (not through a memory map, whose pages
+    would stay in the process until it exits)."""
+    header, data_start = read_header(item.path)
+    entry = header[item.hf_name]
+    dtype = torch_dtypes().get(entry["dtype"])
     if dtype is None or not dtype.is_floating_point:
-        raise UserError(f"{item.path}: tensor {item.hf_name} is {tensor.dtype}, not a float")
-    return torch.frombuffer(bytearray(tensor.read()), dtype=dtype).reshape(tensor.shape)
+        raise UserError(f"{item.path}: tensor {item.hf_name} is {entry['dtype']}, not a float")
+    start, end = entry["data_offsets"]
+    raw = np.fromfile(item.path, dtype=np.uint8, count=end - start, offset=data_start + start)
+    if raw.size != end - start:
+        raise UserError(f"{item.path}: truncated safetensors file")
+    return torch.from_numpy(raw).view(dtype).reshape(entry["shape"])
 
 
 def _encode(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
@@ -235,7 +243,13 @@ def _add_vocab(writer: gguf.GGUFWriter, vocab: GGUFVocab, directory: Path, rows:
         writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
         if vocab.charsmap:
             writer.add_precompiled_charsmap(vocab.charsmap)
-    special = gguf.SpecialVocab(directory, load_merges=False, n_vocab=rows)  # special ids and the chat template
+    quiet = logging.getLogger("gguf.vocab")  # its guesses about add_bos/add_eos are replaced below: no warnings
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(directory, load_merges=False, n_vocab=rows)  # special ids, the chat template
+    finally:
+        quiet.setLevel(level)
     special.add_special_token = _added_specials(directory, special.special_token_ids, trust)
     special.add_to_gguf(writer, quiet=True)
 

@@ -180,9 +180,9 @@ def _sentencepiece_flags(tokenizer: Tokenizer) -> bool:
                     f"does ({_first_difference(expected, got)})")
 
 
-def _charsmap(tokenizer: Tokenizer) -> bytes | None:
+def _charsmap(spec: dict[str, Any]) -> bytes | None:
     """SentencePiece's precompiled normalization map, from the tokenizer's Precompiled normalizer."""
-    spec = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    spec = spec.get("normalizer") or {}
     for node in spec.get("normalizers", [spec]):
         if node.get("type") == "Precompiled" and node.get("precompiled_charsmap"):
             return base64.b64decode(node["precompiled_charsmap"])
@@ -241,7 +241,8 @@ def gguf_vocab(tokenizer: Tokenizer, rows: int) -> GGUFVocab:
     """The GGUF vocabulary of ``tokenizer`` for an embedding of ``rows`` rows (ids without a
     token, padding rows included, become unused ``[PADn]`` entries); a UserError where
     llama.cpp has no tokenizer that would give the same token ids."""
-    model = json.loads(tokenizer.to_str())["model"]
+    spec = json.loads(tokenizer.to_str())
+    model = spec["model"]
     kind_of = {"BPE": "llama" if model.get("byte_fallback") else "gpt2", "Unigram": "t5"}
     if model["type"] not in kind_of:
         raise UserError(f"llama.cpp runs no {model['type']} tokenizer for a causal LM (it has byte-level BPE, "
@@ -264,7 +265,7 @@ def gguf_vocab(tokenizer: Tokenizer, rows: int) -> GGUFVocab:
         merges = _merge_strings(model["merges"])
         return GGUFVocab(kind, tokens, types, scores=_merge_scores(vocab, merges, rows),
                          add_space_prefix=_sentencepiece_flags(tokenizer))
-    charsmap = _charsmap(tokenizer)
+    charsmap = _charsmap(spec)
     prefix, collapse = _unigram_flags(tokenizer, charsmap)
     scores = [0.0] * rows
     for i, (_, score) in enumerate(model["vocab"]):
