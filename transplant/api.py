@@ -33,24 +33,41 @@ ScoringProgress = Callable[[str], Callable[[int, int], None]]  # model label -> 
 def model(base: str, tokenizer: str, out: str | Path, *, method: str = "auto",
           options: Mapping[str, Any] | None = None, donor: str | None = None, seed: int = 0, device: str = "cpu",
           chat_template: str = "base", pad_to_multiple_of: int = 1, force: bool = False,
-          allow_pickle: bool = False, trust_remote_code: bool = False, stages: Stages | None = None) -> TransplantResult:
+          allow_pickle: bool = False, trust_remote_code: bool = False, stages: Stages | None = None,
+          gguf: str | None = None) -> TransplantResult:
     """Give ``base`` the tokenizer ``tokenizer`` and write the checkpoint to ``out``.
 
     ``options`` are the method's own (``transplant methods`` lists them), e.g.
     ``{"k": 32}`` for ``omp``. The result holds the output path, the row counts (copied /
     initialized / special) and the timings; ``out/transplant.json`` records everything.
     ``allow_pickle`` / ``trust_remote_code``: read ``.bin`` pickles, or let a directory's
-    ``auto_map`` import its own Python files — both run code, so only for files you trust."""
+    ``auto_map`` import its own Python files — both run code, so only for files you trust.
+    ``gguf`` (``"f16"``, ``"bf16"``, ``"q8_0"``) also writes ``out/model-<gguf>.gguf`` for llama.cpp."""
     from transplant.errors import UserError
     from transplant.pipeline import TransplantConfig, transplant
 
     if chat_template not in ("base", "new"):
         raise UserError(f"chat_template must be 'base' or 'new', not {chat_template!r}")
+    if gguf is not None:
+        from transplant.io.gguf_export import GGUF_TYPES
+
+        if gguf not in GGUF_TYPES:
+            raise UserError(f"--gguf must be one of {', '.join(GGUF_TYPES)}, not {gguf!r}")
     config = TransplantConfig(base=base, tokenizer=tokenizer, out=Path(out), method=method, options=dict(options or {}),
                               donor=donor, seed=seed, force=force, allow_pickle=allow_pickle,
                               trust_remote_code=trust_remote_code, device=device,
-                              chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of)
+                              chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of, gguf=gguf)
     return transplant(config, stages)
+
+
+def export_gguf(checkpoint: str | Path, type: str = "f16", *, force: bool = False,
+                trust_remote_code: bool = False) -> Path:
+    """Write ``checkpoint/model-<type>.gguf`` (``f16``, ``bf16``, ``q8_0``) that llama.cpp runs,
+    from a checkpoint directory (safetensors, tokenizer.json); returns its path."""
+    from transplant.io.gguf_export import export_gguf as write_gguf
+    from transplant.io.trust import Trust
+
+    return write_gguf(Path(checkpoint), type, force=force, trust=Trust(remote_code=trust_remote_code))
 
 
 @dataclass

