@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def transplanted(base_model: Path, sp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny base (tied or untied) transplanted onto a SentencePiece tokenizer with subword."""
     out = tmp_path_factory.mktemp("transplanted") / "model"
-    result = transplant(TransplantConfig(base=str(base_model), tokenizer=str(sp_model), out=out))
+    result = transplant(TransplantConfig(base=str(base_model), tokenizer=str(sp_model), out=out, method="subword"))
     initialized = load_file(out / "initialized.safetensors")["initialized"]
     assert initialized.dtype == torch.bool and int(initialized.sum()) == result.counts["initialized"] > 0
     return out
@@ -183,7 +183,7 @@ def untied(corpus_file: Path, sp_model: Path, tmp_path_factory: pytest.TempPathF
     """One untied transplant (two masked matrices) for the one two-process launch (~25 s)."""
     root = tmp_path_factory.mktemp("untied")
     base = tiny_llama(bpe_tokenizer(corpus_file), root / "base", tied=False)
-    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=root / "model"))
+    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=root / "model", method="subword"))
     return root / "model"
 
 

@@ -120,7 +120,8 @@ def test_cli_trains_under_alm_and_zett_applies_the_result(tiny: dict[str, Path],
     applied = runner.invoke(app, ["model", str(tiny["base"]), "-t", str(sp_model), "-o", str(out), "--method", "zett",
                                   "--hypernet", str(hn)])
     assert applied.exit_code == 0, applied.output
-    subword = transplant(TransplantConfig(base=str(tiny["base"]), tokenizer=str(sp_model), out=tmp_path / "subword"))
+    subword = transplant(TransplantConfig(base=str(tiny["base"]), tokenizer=str(sp_model), out=tmp_path / "subword",
+                                         method="subword"))
     rows = [load_file(d / "model.safetensors")["model.embed_tokens.weight"] for d in (out, tmp_path / "subword")]
     assert subword.counts["initialized"] > 0 and not torch.equal(rows[0], rows[1])  # trained heads moved the rows
 

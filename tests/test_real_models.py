@@ -34,7 +34,8 @@ def test_smollm2_onto_gemma3_tokenizer_with_subword(tmp_path: Path) -> None:
     result = transplant(TransplantConfig(base="smollm2-135m", tokenizer="gemma3-270m", out=out, method="subword"))
     counts = result.counts
     assert counts["rows"] == 262_144 + 2 and counts["chat_markers_added"] == 2
-    assert 40_000 < counts["copied"] < 60_000 and counts["copied"] + counts["initialized"] == counts["rows"]
+    assert 40_000 < counts["copied"] < 60_000 and 90 < counts["unreachable"] < 256
+    assert counts["copied"] + counts["initialized"] + counts["unreachable"] == counts["rows"]
     assert json.loads((out / "transplant.json").read_text())["counts"] == counts
     assert "Paris" in greedy(out, "The capital of France is")
     reply = greedy(out, "What is the capital of France?", chat=True)

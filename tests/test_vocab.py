@@ -127,3 +127,19 @@ def test_padding_rows() -> None:
     match = match_vocabularies(BASE, new, pad_to_multiple_of=64)
     assert match.num_rows % 64 == 0 and match.num_rows >= len(new)
     assert match.padding.tolist() == list(range(len(new), match.num_rows))
+
+
+def test_a_byte_token_the_tokenizer_never_writes_copies_no_twin_row() -> None:
+    """SentencePiece writes "A" with its piece ``A`` and never with ``<0x41>``. Copying the
+    base's "A" row to both gave every such character a twin that, in a tied head, takes half
+    its probability (Gemma-3's digits cost 14x the base's). ``<0x41>`` is unreachable: no
+    row is copied or made for it; ``<0x42>`` ("B" has no piece) is written and keeps a row."""
+    new = metaspace(["\u2581the", "A"])
+    match = match_vocabularies(BASE, new)
+    copied = dict(zip(match.copy_new.tolist(), match.copy_base.tolist()))
+    byte_a, byte_b, piece_a = (new.convert_tokens_to_ids(t) for t in ("<0x41>", "<0x42>", "A"))
+    assert match.unreachable.tolist() == [byte_a]
+    assert byte_a not in copied and byte_a not in match.missing.tolist()
+    assert copied[piece_a] == BASE.convert_tokens_to_ids("A")
+    assert copied[byte_b] == BASE.convert_tokens_to_ids("B")
+    assert new("A")["input_ids"][-1] == piece_a and new("B")["input_ids"][-1] == byte_b

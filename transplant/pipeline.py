@@ -92,7 +92,8 @@ def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | No
 
 
 def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which, base: torch.Tensor) -> torch.Tensor:
-    """Copied rows bit for bit, method rows for the missing ids, zeros for padding rows."""
+    """Copied rows bit for bit, method rows for the missing ids, zeros for padding rows and
+    for byte tokens the tokenizer never writes (``match.unreachable``)."""
     rows = torch.zeros(match.num_rows, base.shape[1], dtype=base.dtype)
     rows[match.copy_new] = base[match.copy_base]
     if len(match.missing):
@@ -173,6 +174,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         "initialized": len(match.missing),
         "special_matched": match.special_matched,
         "padding": len(match.padding),
+        "unreachable": len(match.unreachable),
         "chat_markers_added": len(added),
     }
     record = {

@@ -4,6 +4,14 @@ Tokens whose surface (see :mod:`transplant.vocab.surface`) exists in the base vo
 *copied*: their rows are taken bit for bit from the base. Special tokens match by role
 (bos/eos/pad/unk) first, then by literal string. Everything else is *missing* and goes to
 an initialization method, which may ask for a token's decomposition into base tokens.
+
+One kind of token is neither: a byte-fallback token (``<0x31>``) whose byte has an ordinary
+piece of its own (``1``) in the new vocabulary. The tokenizer writes that byte with the piece
+and never with the byte token, so the byte token is *unreachable*. Given the piece's row it
+would be the piece's twin, and in a tied head a twin takes half of every probability the
+piece should get; its row is left zero (a logit of 0, far below a likely token's). Only a
+base token of the very same spelling (the base has the same twin, with a row it learned)
+is copied for it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class VocabMatch:
     missing: torch.Tensor
     padding: torch.Tensor
     special_matched: int
+    unreachable: torch.Tensor  # byte-fallback ids the tokenizer never writes (see the module docstring): zero rows
     _decompositions: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     @property
@@ -164,9 +173,11 @@ def match_vocabularies(
         if role in new.roles and role in base.roles:
             by_role.setdefault(new.roles[role], base.roles[role])
 
+    written_by_pieces = {s for i, s in enumerate(new.surfaces) if s and not new.special[i] and not new.byte_fallback[i]}
     copy_new: list[int] = []
     copy_base: list[int] = []
     missing: list[int] = []
+    unreachable: list[int] = []
     special_matched = 0
     for i in range(len(new)):
         if new.special[i]:
@@ -177,6 +188,9 @@ def match_vocabularies(
             special_matched += target is not None
         else:
             target = by_spelling.get((new.tokens[i], new.surfaces[i]))
+            if target is None and new.byte_fallback[i] and new.surfaces[i] in written_by_pieces:
+                unreachable.append(i)
+                continue
             if target is None and new.surfaces[i]:
                 target = by_surface.get(new.surfaces[i])
         if target is None:
@@ -200,4 +214,5 @@ def match_vocabularies(
         missing=as_long(missing),
         padding=torch.arange(len(new), rows, dtype=torch.long),
         special_matched=special_matched,
+        unreachable=as_long(unreachable),
     )
