@@ -171,7 +171,7 @@ class HypernetTask:
         self.lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **Trust().model_kwargs())
         self.lm.eval().requires_grad_(False)
         self.lm.to(accelerator.device)
-        self.embed_scale = _embedding_scale(self.lm)
+        self.embed_scale = embedding_scale(self.lm)
         self.prefix = prefix_token_id(self.base_tokenizer)
         config = HypernetConfig(
             hidden_size=base_input.shape[1], tied=base_output is None,
@@ -363,7 +363,7 @@ def _sampled_vocab(tokenizer: Tokenizer, decompose: Callable[[str], list[int]]) 
                      lambda ids: [decompose(tokenizer.id_to_token(i)) for i in ids.tolist()], starts_word)
 
 
-def _embedding_scale(lm) -> float:
+def embedding_scale(lm) -> float:
     """The factor the model's embedding module applies to a looked-up row (Gemma scales by
     sqrt(hidden)); predicted rows bypass that module, so they get it here."""
     embed = lm.get_input_embeddings()
