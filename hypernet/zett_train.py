@@ -43,6 +43,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 from accelerate import Accelerator
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -178,8 +179,7 @@ class HypernetTask:
         self.lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **Trust().model_kwargs())
         self.lm.eval().requires_grad_(False)
         self.lm.to(accelerator.device)
-        self.softcap = getattr(self.lm.config, "final_logit_softcapping", None)
-        self.embed_scale = _embedding_scale(self.lm)
+        self.embed_scale = embedding_scale(self.lm)
         self.prefix = prefix_token_id(self.base_tokenizer)
         config = HypernetConfig(
             hidden_size=base_input.shape[1], tied=base_output is None,
@@ -250,10 +250,7 @@ class HypernetTask:
             token_rows[valid] = local + 1
             inputs = torch.cat([torch.zeros_like(tokens[:, :1]), token_rows[:, :-1]], dim=1)
             mask = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], dim=1).long()
-            hidden = self.lm.base_model(inputs_embeds=table[inputs], attention_mask=mask).last_hidden_state
-            logits = hidden[valid].float() @ rows_out.float().T + bias
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits = step_logits(self.lm, table[inputs], mask, rows_out)[valid].float() + bias
             ce = F.cross_entropy(logits, local)
             lexical = self.lexical(pieces, rows_in, rows_out)
         loss = ce + cfg.lexical_weight * lexical
@@ -387,7 +384,7 @@ def _sampled_vocab(tokenizer: Tokenizer, decompose: Callable[[str], list[int]]) 
                      lambda ids: [decompose(tokenizer.id_to_token(i)) for i in ids.tolist()], starts_word)
 
 
-def _embedding_scale(lm) -> float:
+def embedding_scale(lm) -> float:
     """The factor the model's embedding module applies to a looked-up row (Gemma scales by
     sqrt(hidden)); predicted rows bypass that module, so they get it here."""
     embed = lm.get_input_embeddings()
@@ -395,6 +392,19 @@ def _embedding_scale(lm) -> float:
     with torch.no_grad():
         looked_up, raw = embed(probe).float(), embed.weight[probe].float()
     return float(looked_up.norm() / raw.norm().clamp(min=1e-12))
+
+
+def step_logits(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows_out: torch.Tensor) -> torch.Tensor:
+    """(B, T, len(rows_out)) logits of the frozen ``lm`` reading ``inputs_embeds``, with
+    ``rows_out`` as its output matrix (gradients flow into them).
+
+    The model's own forward computes them, head included: what an architecture does to its
+    logits (Gemma's soft-cap, Cohere's ``logit_scale``, Granite's ``logits_scaling``) is then
+    never missed, as it was when the head was written out here as a matmul."""
+    head = lm.get_output_embeddings().weight
+    name = next(name for name, param in lm.named_parameters() if param is head)
+    return functional_call(lm, {name: rows_out.to(head.dtype)}, kwargs=dict(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)).logits
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Only the embedding and lm_head tensors are ever held in memory whole; every other tensor is
 streamed shard by shard, so a transplant needs about (base embeddings + new embeddings +
 one shard) of RAM whatever the model size. Which tensors are the embeddings is asked of the
-model class itself (built on the meta device, no weights) rather than guessed from names.
+model class itself (built on the meta device, no weights) rather than guessed from names
+(see :mod:`transplant.io.architecture`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
+from transplant.io.architecture import check_config, check_model, loaded_names
 from transplant.io.atomic import atomic_path
 from transplant.vocab.chat import end_of_turn_ids
 from transplant.errors import UserError, reason
@@ -115,7 +117,7 @@ def _read_tensor(path: Path, name: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EmbeddingNames:
-    """Where a model class keeps its embeddings, asked of the class itself."""
+    """Which checkpoint tensors load into a model class's embeddings, asked of the class itself."""
 
     input: str
     output: str | None  # the lm_head weight; None for a model without one
@@ -134,13 +136,17 @@ def model_config(directory: Path, trust: Trust = Trust()) -> PretrainedConfig:
 
 
 def _meta_model(directory: Path, trust: Trust) -> tuple[PretrainedConfig, PreTrainedModel]:
-    """The config and the causal LM it describes, built on the meta device (no weights)."""
+    """The config and the causal LM it describes, built on the meta device (no weights);
+    one that cannot be transplanted is refused (see :mod:`transplant.io.architecture`)."""
     config = model_config(directory, trust)
+    check_config(directory, config)
     try:
         with torch.device("meta"):
-            return config, AutoModelForCausalLM.from_config(config, **trust.code_kwargs())
+            model = AutoModelForCausalLM.from_config(config, **trust.code_kwargs())
     except ValueError as e:  # a model type without a causal LM class
         raise UserError(f"{directory / 'config.json'}: no causal LM for it ({reason(e)})") from e
+    check_model(directory, model)
+    return config, model
 
 
 def check_checkpoint(directory: Path, trust: Trust = Trust()) -> None:
@@ -148,23 +154,33 @@ def check_checkpoint(directory: Path, trust: Trust = Trust()) -> None:
     weight file, and each tensor's shape against the model config.json describes. A
     hidden_size or vocab_size that disagrees with the weights otherwise fails deep inside
     transformers, or not at all: a transplant would write a checkpoint nothing can load."""
-    expected = {name: list(p.shape) for name, p in _meta_model(directory, trust)[1].state_dict().items()}
-    for name, (path, shape) in _tensors(directory, trust).items():
-        if name in expected and expected[name] != shape:
+    model = _meta_model(directory, trust)[1]
+    expected = {name: list(p.shape) for name, p in model.state_dict().items()}
+    tensors = _tensors(directory, trust)
+    for name, param in loaded_names(model, tensors).items():
+        path, shape = tensors[name]
+        if expected[param] != shape:
             raise UserError(f"{path}: tensor {name!r} is {shape}, but {directory / 'config.json'} "
-                            f"makes it {expected[name]}")
+                            f"makes it {expected[param]}")
 
 
 def embedding_names(directory: Path, trust: Trust = Trust()) -> EmbeddingNames:
-    """The model class built on the meta device (no weights) says which tensors are embeddings."""
+    """The model class built on the meta device (no weights) says which modules are the
+    embeddings; transformers' key renaming says which checkpoint tensors load into them (a
+    parameter no tensor loads into keeps its own name, for the error that follows)."""
     config, model = _meta_model(directory, trust)
     modules = {id(module): name for name, module in model.named_modules()}
     input_module = model.get_input_embeddings()
     output_module = model.get_output_embeddings()
     tied_by_config = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
     tied = tied_by_config or output_module is None or output_module.weight is input_module.weight
-    output = None if output_module is None else f"{modules[id(output_module)]}.weight"
-    return EmbeddingNames(f"{modules[id(input_module)]}.weight", output, tied)
+    stored = {param: name for name, param in loaded_names(model, weight_files(directory, trust)).items()}
+
+    def name(module: torch.nn.Module) -> str:
+        param = f"{modules[id(module)]}.weight"
+        return stored.get(param, param)
+
+    return EmbeddingNames(name(input_module), None if output_module is None else name(output_module), tied)
 
 
 def read_embeddings(directory: Path, trust: Trust = Trust()) -> Embeddings:

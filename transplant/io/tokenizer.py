@@ -103,7 +103,32 @@ def _load(ref: str, trust: Trust) -> PreTrainedTokenizerBase:
         raise UserError(f"{path} is not a tokenizer (expected a directory, tokenizer.json, .model or .gguf)")
     directory = path if path.is_dir() else resolve_model(ref, trust)
     trust.check_code(directory)
-    return AutoTokenizer.from_pretrained(directory, **trust.code_kwargs())
+    return _as_written(AutoTokenizer.from_pretrained(directory, **trust.code_kwargs()), directory, trust)
+
+
+_PIPELINE = ("normalizer", "pre_tokenizer", "decoder")
+
+
+def _as_written(tokenizer: PreTrainedTokenizerBase, directory: Path, trust: Trust) -> PreTrainedTokenizerBase:
+    """The directory's tokenizer as its tokenizer.json says, whatever class AutoTokenizer chose.
+
+    transformers 5 rebuilds the tokenizer of some model types with the type's own class
+    whatever tokenizer.json holds (a qwen2 checkpoint always gets Qwen2Tokenizer, Qwen's
+    byte-level BPE pipeline). A transplanted model carries another model's tokenizer, which
+    the rebuilt one reads wrongly (a SentencePiece vocabulary loses its word starts), and
+    evaluation or training would then score and learn garbage. When the pipeline loaded is
+    not the file's, the file is loaded as it is.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    path = directory / "tokenizer.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not path.is_file():
+        return tokenizer
+    written, loaded = json.loads(path.read_text()), json.loads(backend.to_str())
+    if written["model"]["type"] == loaded["model"]["type"] and all(written.get(k) == loaded.get(k) for k in _PIPELINE):
+        return tokenizer
+    return PreTrainedTokenizerFast.from_pretrained(directory, **trust.code_kwargs())
 
 
 def load_tokenizer(ref: str, trust: Trust = Trust()) -> PreTrainedTokenizerBase:
