@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE
@@ -169,9 +169,9 @@ class Transplanted:
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     directory = Path(cfg.model)
     cfg.trust.check_code(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
-    stored = model.config.dtype
+    stored = AutoConfig.from_pretrained(directory, **cfg.trust.code_kwargs()).dtype  # loading in float32 overwrites it
     dtype = getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
     initialized = None
     if cfg.rows == "new":
         initialized = load_file(directory / INITIALIZED_FILE)["initialized"]
