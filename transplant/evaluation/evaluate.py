@@ -193,11 +193,14 @@ def pieces(text: str, max_chars: int) -> Iterator[str]:
     yield text[start:]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def score_windows(
     model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
 ) -> list[float]:
-    """Summed NLL (nats) of the scored targets of each window, in the order given."""
+    """Summed NLL (nats) of the scored targets of each window, in the order given.
+
+    Under no_grad, not inference_mode: a model sharded by FSDP gathers its weights into buffers
+    it reuses when training resumes, and buffers made in inference mode refuse that."""
     vocab = model.get_output_embeddings().weight.shape[0]
     token_budget = max(LOGITS_BUDGET_BYTES // (4 * vocab), 1)
     order = sorted(range(len(windows)), key=lambda i: (len(windows[i].ids), i))
