@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -221,14 +222,19 @@ class HypernetTask:
     # --- the step -----------------------------------------------------------------------
 
     def loss(self, model: torch.nn.Module, texts: list[str], step: int, seed: int) -> StepOutput:
+        """One micro-step on this process's ``texts``. Its tokenizer and the rows it predicts are
+        the global batch's (every process's texts, gathered), as one process would draw them for
+        the whole batch; with the same ``seed`` everywhere, each process then draws the same ones."""
         cfg, device = self.cfg, self.accelerator.device
         rng = np.random.default_rng(seed)
-        self.sampler.push(texts)
+        self.sampler.push(gather_object(texts))
         vocab = self.step_vocab(step, rng)
         side, pair = self.read(texts, vocab)
         tokens = side.ids[:, 1:].to(device)  # (B, T), NO_TOKEN pads
         valid = tokens != NO_TOKEN
-        positives, local = torch.unique(tokens[valid], return_inverse=True)
+        positives = torch.tensor(sorted(set(gather_object(tokens[valid].unique().tolist()))), dtype=torch.long,
+                                 device=device)
+        local = torch.searchsorted(positives, tokens[valid])
         selected, bias = self.candidates(positives, vocab, rng)
         pieces = padded_ids(vocab.pieces(selected)).to(device)
         with self.accelerator.autocast():

@@ -393,9 +393,12 @@ def refuse_sharding(accelerator: Accelerator, why: str) -> None:
         raise UserError(f"{why}: use one process or DDP (recipes/accelerate/ddp.yaml)")
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """A seed for one micro-step on one rank, independent of what ran before (so resumes agree)."""
-    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()
+def step_seed(seed: int, step: int, micro: int) -> int:
+    """A seed for one micro-step, independent of what ran before (so resumes agree) and the same
+    on every process: a step's random choices (the hypernetwork's sampled tokenizer) belong to
+    its global batch, as one process drawing them for the whole batch would make them. (The
+    trailing ``:0`` was rank 0's: one-process runs keep the seeds they had.)"""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:0".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
@@ -423,7 +426,7 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, examples: list[Any], step: int, seed: int) -> StepOutput:
         """The loss on this process's ``examples`` at optimizer step ``step`` (0-based);
-        ``seed`` for anything random in the micro-step."""
+        ``seed`` (the same on every process) for anything random in the micro-step."""
         ...
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -644,7 +647,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         for micro in range(cfg.grad_accum):
             examples = stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
             with accelerator.accumulate(model):
-                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro, rank))
+                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro))
                 accelerator.backward(result.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
