@@ -347,6 +347,20 @@ def stage_summary(run: Path, number: int) -> dict[str, Any]:
     }
 
 
+def stored_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``weights`` in ``dtype``, every name of one parameter (tied embeddings) on one tensor.
+
+    save_pretrained writes a tied weight once only if its names share a tensor: casting makes a
+    tensor per name, and FSDP gathers each name on its own."""
+    first: dict[int, str] = {}
+    origin = {name: first.setdefault(id(param), name) for name, param in model.named_parameters(remove_duplicate=False)}
+    cast: dict[str, torch.Tensor] = {}  # by the parameter's first name
+    for name, weight in weights.items():
+        if origin.get(name, name) not in cast:
+            cast[origin.get(name, name)] = weight.to(dtype) if weight.is_floating_point() else weight
+    return {name: cast[origin.get(name, name)] for name in weights}
+
+
 def export_trained(model: PreTrainedModel, weights: dict[str, torch.Tensor], loaded: Transplanted,
                    cfg: ContinuedConfig) -> None:
     """The trained model as a normal HF checkpoint (``weights``, its full state dict, in the
@@ -358,8 +372,7 @@ def export_trained(model: PreTrainedModel, weights: dict[str, torch.Tensor], loa
         "stages": [stage_summary(cfg.run_path, number) for number, _ in stage_configs(cfg)],
     }}
     with atomic_path(Path(cfg.out), existing="replace" if cfg.force else "refuse") as tmp:
-        model.save_pretrained(tmp, state_dict={name: w.to(loaded.dtype) if w.is_floating_point() else w
-                                               for name, w in weights.items()})
+        model.save_pretrained(tmp, state_dict=stored_weights(model, weights, loaded.dtype))
         model.config.dtype = loaded.dtype  # save_pretrained wrote the dtype the model trained in
         model.config.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
