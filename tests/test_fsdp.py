@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -34,32 +35,34 @@ FSDP_ON_CPU = (
     "PartialState._shared_state['distributed_type'] = DistributedType.MULTI_GPU\n"
 )
 
-FSDP_CONFIG = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: FSDP
-fsdp_config:
-  fsdp_version: 2
-  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer
-  fsdp_state_dict_type: FULL_STATE_DICT
-  fsdp_reshard_after_forward: true
-  fsdp_cpu_ram_efficient_loading: false
-  fsdp_offload_params: false
-num_machines: 1
-num_processes: 2
-mixed_precision: 'no'
-use_cpu: true
-dynamo_config: {}
-"""
+RECIPE = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
+
+
+def fsdp_config(out: Path) -> Path:
+    """The shipped FSDP recipe (FSDP2, full-state checkpoints, activation checkpointing, weights
+    read by the first process only) on two CPU processes in float32."""
+    config = yaml.safe_load(RECIPE.read_text())
+    del config["gpu_ids"]
+    out.write_text(yaml.safe_dump({**config, "num_processes": 2, "use_cpu": True, "mixed_precision": "no"}))
+    return out
+
+
+def transplanted(corpus_file: Path, sp_model: Path, root: Path, tied: bool) -> Path:
+    """A tiny llama transplanted onto a SentencePiece tokenizer with subword."""
+    base = tiny_llama(bpe_tokenizer(corpus_file), root / "base", tied=tied)
+    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=root / "model"))
+    return root / "model"
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def model(request: pytest.FixtureRequest, corpus_file: Path, sp_model: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return transplanted(corpus_file, sp_model, tmp_path_factory.mktemp("model"), tied=request.param)
 
 
 @pytest.fixture(scope="module")
 def untied(corpus_file: Path, sp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny untied llama transplanted onto a SentencePiece tokenizer with subword."""
-    root = tmp_path_factory.mktemp("untied")
-    base = tiny_llama(bpe_tokenizer(corpus_file), root / "base", tied=False)
-    transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=root / "model"))
-    return root / "model"
+    return transplanted(corpus_file, sp_model, tmp_path_factory.mktemp("untied"), tied=False)
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +123,13 @@ train(load_train_config(None, None, **settings, resume=True))
 """
 
 
-def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_does(untied: Path, texts: Path,
+def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_does(model: Path, texts: Path,
                                                                                      tmp_path: Path) -> None:
-    train(load_train_config(None, None, **settings(untied, texts, tmp_path / "one", batch_size=4)))
+    train(load_train_config(None, None, **settings(model, texts, tmp_path / "one", batch_size=4)))
 
-    config = tmp_path / "fsdp.yaml"
-    config.write_text(FSDP_CONFIG)
+    config = fsdp_config(tmp_path / "fsdp.yaml")
     script = tmp_path / "fsdp.py"
-    script.write_text(FSDP_ON_CPU + CRASH_AND_RESUME.format(settings=settings(untied, texts, tmp_path / "two", 2)))
+    script.write_text(FSDP_ON_CPU + CRASH_AND_RESUME.format(settings=settings(model, texts, tmp_path / "two", 2)))
     printed = launch(script, config, tmp_path)
     assert "resuming from" in printed and "stage2/checkpoints/step-00000001" in printed
 
@@ -135,8 +137,8 @@ def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_
     checkpoint = tmp_path / "two.run" / "stage2" / "checkpoints" / "step-00000002"
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and not (checkpoint / "model.safetensors").exists()
 
-    one, two, start = (load_file(d / "model.safetensors") for d in (tmp_path / "one", tmp_path / "two", untied))
-    assert one.keys() == two.keys() == start.keys()
+    one, two, start = (load_file(d / "model.safetensors") for d in (tmp_path / "one", tmp_path / "two", model))
+    assert one.keys() == two.keys() == start.keys()  # a tied embedding written once
     for name in one:  # float noise: two half-batches' gradients averaged vs one batch's (measured: 2.4e-7 at most)
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5, msg=name)
         assert not torch.equal(one[name], start[name]), name  # stage 2 trained every weight
@@ -152,7 +154,7 @@ def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_
     record = json.loads((tmp_path / "two" / "transplant.json").read_text())
     assert [s["steps"] for s in record["training"]["stages"]] == [2, 2]
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two")  # a plain checkpoint
-    assert loaded.dtype == torch.float32 and not loaded.config.tie_word_embeddings
+    assert loaded.dtype == torch.float32
 
 
 @pytest.mark.parametrize(("on_cpu", "variable", "value", "fragment"), [
