@@ -66,7 +66,7 @@ from transplant.training.distill import (
 )
 from transplant.training.loop import (
     CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, run_directory, text_chunks,
+    make_accelerator, refuse_sharding, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -400,6 +400,7 @@ def train(cfg: HypernetTrainConfig) -> Path:
     """Train a hypernetwork as ``cfg`` says; returns the directory ``--method zett`` reads."""
     read_corpora(check_corpora(cfg.corpus))  # a bad line anywhere: one line now, before the base loads
     accelerator = make_accelerator(cfg)
+    refuse_sharding(accelerator, "hypernetwork training does not shard (its network is small)")
     task = HypernetTask(cfg, accelerator)
     with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
         fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)

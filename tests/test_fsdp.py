@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import bpe_tokenizer, make_text, tiny_llama
+from transplant.errors import UserError
+from transplant.hypernet import zett_train as zett
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.training.continued import load_train_config, train
+from transplant.training.loop import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,29 +165,56 @@ def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_
     assert loaded.dtype == torch.float32
 
 
-@pytest.mark.parametrize(("on_cpu", "variable", "value", "fragment"), [
-    ("as accelerate runs it", "FSDP_VERSION", "2", "asks for FSDP, which accelerate runs only on GPUs"),
-    ("sharded", "FSDP_VERSION", "1", "fsdp_version 1 is not supported"),
-    ("sharded", "FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT", "SHARDED_STATE_DICT would write checkpoints"),
-], ids=["not-sharded", "fsdp1", "sharded-checkpoints"])
+@pytest.fixture
+def fsdp_launch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[[bool], None]]:
+    """This process as `accelerate launch` with the FSDP recipe starts it (the variables it sets
+    from the config); ``sharded(True)`` then makes it a process group of one on gloo, presented
+    to accelerate as a GPU process as FSDP_ON_CPU does. accelerate's process state is reset
+    before and after, so no other test sees it."""
+    for variable, value in {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
+                            "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}.items():
+        monkeypatch.setenv(variable, value)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+    def sharded(on: bool) -> None:
+        if on:
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+        PartialState(cpu=True)
+        if on:
+            PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+
+    yield sharded
+    AcceleratorState._reset_state(reset_partial_state=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def train_hypernet(untied: Path, texts: Path, out: Path) -> None:
+    base = untied.parent / "base"
+    zett.train(load_config(zett.HypernetTrainConfig, None, base=str(base), corpus=[str(texts / "train.txt")],
+                           out=str(out), steps=1, batch_size=2, seq_len=32, width=32, mixed_precision="no"))
+
+
+@pytest.mark.parametrize(("sharded", "variable", "value", "run", "fragment"), [
+    (False, "FSDP_VERSION", "2", "train", "asks for FSDP, which accelerate runs only on GPUs; here it would run as NO"),
+    (True, "FSDP_VERSION", "1", "train", "fsdp_version 1 is not supported"),
+    (True, "FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT", "train", "SHARDED_STATE_DICT would write checkpoints"),
+    (True, "FSDP_VERSION", "2", "rows: new", "stage 1 with rows: new masks rows that FSDP would shard"),
+    (True, "FSDP_VERSION", "2", "hypernet", "hypernetwork training does not shard"),
+], ids=["not-sharded", "fsdp1", "sharded-checkpoints", "rows-new", "hypernet"])
 def test_fsdp_set_ups_the_loop_cannot_honour_are_refused_before_anything_is_written(
-        untied: Path, texts: Path, tmp_path: Path, on_cpu: str, variable: str, value: str, fragment: str) -> None:
-    """An FSDP config (the variables `accelerate launch` sets from it) that accelerate would not
-    shard (one process here, plain data parallel under --cpu), FSDP1, and sharded checkpoints."""
-    script = tmp_path / "check.py"
-    script.write_text(
-        (FSDP_ON_CPU if on_cpu == "sharded" else "") +
-        "from transplant.errors import UserError\n"
-        "from transplant.training.continued import load_train_config, train\n"
-        "try:\n"
-        f"    train(load_train_config(None, None, **{settings(untied, texts, tmp_path / 'out', 2)!r}))\n"
-        "except UserError as e:\n"
-        "    print('refused:', e)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true",
-           "FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", variable: value}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("refused: ") and fragment in done.stdout, done.stdout
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.run").exists()
+        untied: Path, texts: Path, tmp_path: Path, fsdp_launch: Callable[[bool], None], monkeypatch: pytest.MonkeyPatch,
+        sharded: bool, variable: str, value: str, run: str, fragment: str) -> None:
+    """An FSDP config that accelerate would not shard (one process as here, or plain data
+    parallel under --cpu), FSDP1, sharded checkpoints, stage 1's row mask, a hypernetwork."""
+    monkeypatch.setenv(variable, value)
+    fsdp_launch(sharded)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=re.escape(fragment)) as refused:
+        if run == "hypernet":
+            train_hypernet(untied, texts, out)
+        else:
+            rows = "new" if run == "rows: new" else "all"
+            train(load_train_config(None, None, **settings(untied, texts, out, 2) | {"rows": rows}))
+    assert "\n" not in str(refused.value)
+    assert not out.exists() and not out.with_name("out.run").exists()

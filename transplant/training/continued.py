@@ -347,7 +347,8 @@ def stage_summary(run: Path, number: int) -> dict[str, Any]:
     }
 
 
-def stored_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def stored_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor],
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``weights`` in ``dtype``, every name of one parameter (tied embeddings) on one tensor.
 
     save_pretrained writes a tied weight once only if its names share a tensor: casting makes a

@@ -354,8 +354,8 @@ def check_sharding(accelerator: Accelerator) -> None:
     torch's weights-only unpickler; ``SHARDED_STATE_DICT`` would write torch.distributed.checkpoint
     folders whose metadata a resume unpickles whole."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not is_sharded(accelerator):
-        raise UserError(f"the accelerate config asks for FSDP, which accelerate runs only on GPUs; here it would run as "
-                        f"{accelerator.distributed_type.value} on {accelerator.num_processes} process(es): "
+        raise UserError(f"the accelerate config asks for FSDP, which accelerate runs only on GPUs; here it would "
+                        f"run as {accelerator.distributed_type.value} on {accelerator.num_processes} process(es): "
                         "use recipes/accelerate/cpu.yaml or ddp.yaml")
     if not is_sharded(accelerator):
         return
