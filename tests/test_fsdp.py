@@ -85,10 +85,11 @@ def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings(model: Path, texts: Path, out: Path, batch_size: int) -> dict:
     """Two steps of stage 1 on whole matrices, then two of stage 2 on every weight, evaluated at
-    the start and the end of each stage; ``batch_size`` per process."""
+    the start and the end of each stage; two micro-steps of ``batch_size`` sequences per process
+    a step."""
     return dict(model=str(model), corpus=[str(texts / "train.txt")], out=str(out), rows="all", steps=2,
                 stage2_steps=2, stage2_lr=1e-2, warmup_steps=1, lr=1e-2, batch_size=batch_size, seq_len=32,
-                mixed_precision="no", log_every=100, save_every=1, shuffle_buffer=0,
+                grad_accum=2, mixed_precision="no", log_every=100, save_every=1, shuffle_buffer=0,
                 eval_corpus=str(texts / "dev.jsonl"), eval_docs=2, eval_length=64)
 
 

@@ -182,8 +182,13 @@ def run_directory(run: Path, config: dict[str, Any], resume: bool, state: Accele
     A new run (no ``resume``, or nothing to resume) replaces the directory, which the config
     check made sure is the tool's, and marks it with :data:`RUN_RECORD`. If the block fails
     before any checkpoint was written, the directory goes too: it holds nothing to resume, and
-    left behind it would only block the rerun."""
+    left behind it would only block the rerun.
+
+    Every process first waits for the others: each checked its settings against the directory
+    as it was, and the main process must not create it under one still checking."""
+    state.wait_for_everyone()
     continuing = resume and (run / RUN_RECORD).is_file()
+    state.wait_for_everyone()
     if not continuing and state.is_main_process:
         check_output(run, RUN_RECORD, replace=True)
         shutil.rmtree(run, ignore_errors=True)
