@@ -39,7 +39,9 @@ from transplant.inputs.fasttext import FastTextOptions, load_vectors, train_vect
 from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
-from transplant.training.loop import StepOutput, config_dict, fit, make_accelerator, run_directory
+from transplant.training.loop import (
+    StepOutput, config_dict, fit, make_accelerator, refuse_sharding, run_directory,
+)
 
 
 @dataclass
@@ -204,6 +206,7 @@ def train(cfg: HyperOfaTrainConfig) -> Path:
     """Train as ``cfg`` says; returns the directory ``--method hyperofa --hypernet`` reads."""
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg)
+    refuse_sharding(accelerator, "hypernetwork training does not shard (its network is small)")
     base_dir = resolve_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, **Trust().code_kwargs())
     vocab = vocabulary(tokenizer)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -68,7 +69,7 @@ from transplant.training.distill import (
 )
 from transplant.training.loop import (
     CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, run_directory, text_chunks,
+    make_accelerator, refuse_sharding, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -231,14 +232,19 @@ class HypernetTask:
     # --- the step -----------------------------------------------------------------------
 
     def loss(self, model: torch.nn.Module, texts: list[str], step: int, seed: int) -> StepOutput:
+        """One micro-step on this process's ``texts``. Its tokenizer and the rows it predicts are
+        the global batch's (every process's texts, gathered), as one process would draw them for
+        the whole batch; with the same ``seed`` everywhere, each process then draws the same ones."""
         cfg, device = self.cfg, self.accelerator.device
         rng = np.random.default_rng(seed)
-        self.sampler.push(texts)
+        self.sampler.push(gather_object(texts))
         vocab = self.step_vocab(step, rng)
         side, pair = self.read(texts, vocab)
         tokens = side.ids[:, 1:].to(device)  # (B, T), NO_TOKEN pads
         valid = tokens != NO_TOKEN
-        positives, local = torch.unique(tokens[valid], return_inverse=True)
+        positives = torch.tensor(sorted(set(gather_object(tokens[valid].unique().tolist()))), dtype=torch.long,
+                                 device=device)
+        local = torch.searchsorted(positives, tokens[valid])
         selected, bias = self.candidates(positives, vocab, rng)
         pieces = padded_ids(vocab.pieces(selected)).to(device)
         with self.accelerator.autocast():
@@ -425,6 +431,7 @@ def train(cfg: HypernetTrainConfig) -> Path:
     """Train a hypernetwork as ``cfg`` says; returns the directory ``--method zett`` reads."""
     read_corpora(check_corpora(cfg.corpus))  # a bad line anywhere: one line now, before the base loads
     accelerator = make_accelerator(cfg)
+    refuse_sharding(accelerator, "hypernetwork training does not shard (its network is small)")
     task = HypernetTask(cfg, accelerator)
     with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, accelerator):
         fit(task, cfg, cfg.run_path, accelerator, resume=cfg.resume)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from transplant.cli import app
@@ -318,3 +319,19 @@ def test_a_corpus_line_that_is_not_utf8_stops_the_run_before_training(transplant
         train(config(transplanted, texts, tmp_path / "trained", corpus=[str(corpus)], eval_corpus=None))
     assert not (tmp_path / "trained.run").exists()
 
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_trained_checkpoint_keeps_the_transplant_dtype(corpus_file: Path, sp_model: Path, texts: Path,
+                                                           tmp_path: Path, tied: bool) -> None:
+    """Training runs in float32; a bfloat16 transplant comes back bfloat16, weights and config,
+    and a tied embedding is written once."""
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base32", tied=tied)
+    AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).save_pretrained(tmp_path / "base16")
+    bpe_tokenizer(corpus_file).save_pretrained(tmp_path / "base16")
+    transplant(TransplantConfig(base=str(tmp_path / "base16"), tokenizer=str(sp_model), out=tmp_path / "model"))
+    train(config(tmp_path / "model", texts, tmp_path / "trained", rows="all", steps=1, eval_corpus=None))
+    assert {w.dtype for w in weights(tmp_path / "trained").values()} == {torch.bfloat16}
+    assert weights(tmp_path / "trained").keys() == weights(tmp_path / "model").keys()  # no lm_head when tied
+    assert json.loads((tmp_path / "trained" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert not torch.equal(weights(tmp_path / "trained")[EMBED], weights(tmp_path / "model")[EMBED])

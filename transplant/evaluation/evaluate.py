@@ -227,11 +227,14 @@ def score_windows(
     return [float(nll.sum()) for nll in score_window_tokens(model, windows, pad_id, config, progress)]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def score_window_tokens(
     model, windows: Sequence[Window], pad_id: int, config: EvalConfig, progress: Progress | None = None
 ) -> list[torch.Tensor]:
-    """NLL (nats, float64, on the CPU) of each scored target of each window, in the order given."""
+    """NLL (nats, float64, on the CPU) of each scored target of each window, in the order given.
+
+    Under no_grad, not inference_mode: a model sharded by FSDP gathers its weights into buffers
+    it reuses when training resumes, and buffers made in inference mode refuse that."""
     vocab = model.get_output_embeddings().weight.shape[0]
     token_budget = max(LOGITS_BUDGET_BYTES // (4 * vocab), 1)
     order = sorted(range(len(windows)), key=lambda i: (len(windows[i].ids), i))

@@ -38,9 +38,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from transplant.io.atomic import atomic_path
 from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE
@@ -54,7 +53,7 @@ from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
     CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, pack, run_directory, text_chunks,
+    make_accelerator, pack, refuse_sharding, run_directory, text_chunks,
 )
 
 
@@ -169,9 +168,9 @@ class Transplanted:
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
     directory = Path(cfg.model)
     cfg.trust.check_code(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
-    stored = model.config.dtype
+    stored = AutoConfig.from_pretrained(directory, **cfg.trust.code_kwargs()).dtype  # loading in float32 overwrites it
     dtype = getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **cfg.trust.model_kwargs())
     initialized = None
     if cfg.rows == "new":
         initialized = load_file(directory / INITIALIZED_FILE)["initialized"]
@@ -233,10 +232,9 @@ class ContinuedTask:
         """Zero the gradient of every row that was not initialized (copied, special, padding).
 
         A hook on the leaf sees the summed gradient once (tied weights: both uses), before
-        DDP averages it; FSDP flattens parameters so the hook would never fire: refused."""
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            raise UserError("stage 1 with rows: new needs one process or DDP (FSDP flattens the embedding); "
-                            "use recipes/accelerate/ddp.yaml, or rows: all")
+        DDP averages it; FSDP replaces the parameters with sharded ones, whose gradients the
+        hook would never see: refused."""
+        refuse_sharding(self.accelerator, "stage 1 with rows: new masks rows that FSDP would shard (or use rows: all)")
         frozen = (~initialized).to(self.accelerator.device).unsqueeze(1)
         return weight.register_hook(lambda grad: grad.masked_fill(frozen, 0.0))
 
@@ -291,16 +289,21 @@ class ContinuedTask:
         if not self.docs:
             return {}
         config = EvalConfig(batch_size=self.cfg.eval_batch, max_length=self.cfg.eval_length)
+        new = evaluate_model(model, self.tokenizer, self.docs, "trained", config)  # under FSDP on every process
+        if not self.accelerator.is_main_process:
+            return {}  # the main process reports; it alone scores the base
         self.base = self.base or base_evaluation(self.cfg, self.loaded.record["base"], self.docs, config,
                                                  self.accelerator)
-        new = evaluate_model(model, self.tokenizer, self.docs, "trained", config)
         figures = {f"ratio/{group}": value for group, value in ppl_ratio(new, self.base).items()}
         return figures | {f"bpb/{group}": score.bits_per_byte for group, score in new.groups.items()}
 
     def export(self, model: PreTrainedModel, run: Path) -> None:
         """After the last stage, the trained checkpoint; earlier stages leave only RUN/stageN."""
-        if self.stage == self.last_stage:
-            export_trained(model, self.loaded, self.cfg)
+        if self.stage != self.last_stage:
+            return
+        weights = self.accelerator.get_state_dict(model)  # under FSDP gathered from every process, to the main one
+        if self.accelerator.is_main_process:
+            export_trained(model, weights, self.loaded, self.cfg)
 
     def should_stop(self) -> bool:
         return False  # a fixed budget of steps: the curve is the result
@@ -344,15 +347,35 @@ def stage_summary(run: Path, number: int) -> dict[str, Any]:
     }
 
 
-def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedConfig) -> None:
-    """The trained model as a normal HF checkpoint (weights in the transplant's dtype, config,
-    generation config, tokenizer), written atomically like ``transplant model``'s."""
+def stored_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor],
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``weights`` in ``dtype``, every name of one parameter (tied embeddings) on one tensor.
+
+    save_pretrained writes a tied weight once only if its names share a tensor: casting makes a
+    tensor per name, and FSDP gathers each name on its own."""
+    first: dict[int, str] = {}
+    origin = {name: first.setdefault(id(param), name) for name, param in model.named_parameters(remove_duplicate=False)}
+    cast: dict[str, torch.Tensor] = {}  # by the parameter's first name
+    for name, weight in weights.items():
+        if origin.get(name, name) not in cast:
+            cast[origin.get(name, name)] = weight.to(dtype) if weight.is_floating_point() else weight
+    return {name: cast[origin.get(name, name)] for name in weights}
+
+
+def export_trained(model: PreTrainedModel, weights: dict[str, torch.Tensor], loaded: Transplanted,
+                   cfg: ContinuedConfig) -> None:
+    """The trained model as a normal HF checkpoint (``weights``, its full state dict, in the
+    transplant's dtype; config, generation config, tokenizer), written atomically like
+    ``transplant model``'s. Under FSDP ``model`` holds only this process's shards: it gives the
+    config and the layout, ``weights`` the values."""
     record = {**loaded.record, "training": {
         "config": config_dict(cfg),
         "stages": [stage_summary(cfg.run_path, number) for number, _ in stage_configs(cfg)],
     }}
     with atomic_path(Path(cfg.out), existing="replace" if cfg.force else "refuse") as tmp:
-        model.to(loaded.dtype).save_pretrained(tmp)  # the last use of the model in training
+        model.save_pretrained(tmp, state_dict=stored_weights(model, weights, loaded.dtype))
+        model.config.dtype = loaded.dtype  # save_pretrained wrote the dtype the model trained in
+        model.config.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         if (Path(cfg.model) / INITIALIZED_FILE).is_file():
             shutil.copy(Path(cfg.model) / INITIALIZED_FILE, tmp / INITIALIZED_FILE)
@@ -364,11 +387,12 @@ def export_trained(model: PreTrainedModel, loaded: Transplanted, cfg: ContinuedC
 
 def train(cfg: ContinuedConfig) -> PreTrainedModel:
     """Run every stage of ``cfg`` and write the trained checkpoint to ``cfg.out``; returns the
-    trained model (on every process)."""
+    trained model (on every process; under FSDP each holds its own shards of the weights)."""
     docs = eval_documents(cfg)  # a bad eval corpus is one line, before any model loads
     read_corpora(check_corpora(cfg.corpus))  # and so is a bad line anywhere in the training corpus
+    state = make_accelerator(cfg)  # a launch this loop cannot run as asked is one line, before any model loads
     loaded = load_transplanted(cfg)
-    with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, make_accelerator(cfg)):
+    with run_directory(cfg.run_path, config_dict(cfg), cfg.resume, state):
         for number, stage_cfg in stage_configs(cfg):
             accelerator = make_accelerator(stage_cfg)
             task = ContinuedTask(cfg, number, loaded, docs, accelerator)

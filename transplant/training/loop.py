@@ -4,7 +4,9 @@ Two trainers use this module (the hypernetwork of :mod:`transplant.hypernet.zett
 pretraining of a transplanted model); each supplies a :class:`Task` — its trainable module,
 its examples and its loss — and :func:`fit` runs the same loop for both on ``accelerate``:
 one process by default, many under ``accelerate launch`` with nothing home-made for
-distribution.
+distribution. Under FSDP (FSDP2: parameters sharded in place) the model's forwards and the
+gathering of its weights are collectives, so evaluation and export run on every process and
+only the main one logs and writes.
 
 Resuming is exact: a checkpoint holds the weights, optimizer, schedule and RNG states
 (``Accelerator.save_state``), the step count and the data position. Data positions are two
@@ -36,7 +38,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 
 from transplant.inputs.corpus import texts
@@ -180,8 +182,13 @@ def run_directory(run: Path, config: dict[str, Any], resume: bool, state: Accele
     A new run (no ``resume``, or nothing to resume) replaces the directory, which the config
     check made sure is the tool's, and marks it with :data:`RUN_RECORD`. If the block fails
     before any checkpoint was written, the directory goes too: it holds nothing to resume, and
-    left behind it would only block the rerun."""
+    left behind it would only block the rerun.
+
+    Every process first waits for the others: each checked its settings against the directory
+    as it was, and the main process must not create it under one still checking."""
+    state.wait_for_everyone()
     continuing = resume and (run / RUN_RECORD).is_file()
+    state.wait_for_everyone()
     if not continuing and state.is_main_process:
         check_output(run, RUN_RECORD, replace=True)
         shutil.rmtree(run, ignore_errors=True)
@@ -337,13 +344,66 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
+    check_sharding(accelerator)
     set_seed(cfg.seed)
     return accelerator
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """A seed for one micro-step on one rank, independent of what ran before (so resumes agree)."""
-    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()
+def check_sharding(accelerator: Accelerator) -> None:
+    """Refuse, in one line, an FSDP set-up this loop cannot run as asked.
+
+    accelerate runs an FSDP config only on GPUs: elsewhere each process silently becomes plain
+    data parallel (``--cpu``) or a run of its own, every one writing the same outputs. The loop
+    supports FSDP2 (``fsdp_version: 2``, parameters sharded in place, so evaluation and export
+    see the model they trained) with ``FULL_STATE_DICT`` checkpoints, which a resume reads with
+    torch's weights-only unpickler; ``SHARDED_STATE_DICT`` would write torch.distributed.checkpoint
+    folders whose metadata a resume unpickles whole."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not is_sharded(accelerator):
+        raise UserError(f"the accelerate config asks for FSDP, which accelerate runs only on GPUs; here it would "
+                        f"run as {accelerator.distributed_type.value} on {accelerator.num_processes} process(es): "
+                        "use recipes/accelerate/cpu.yaml or ddp.yaml")
+    if not is_sharded(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        raise UserError(f"fsdp_version {plugin.fsdp_version} is not supported: use fsdp_version: 2 "
+                        "(recipes/accelerate/fsdp.yaml)")
+    if plugin.state_dict_type.name != "FULL_STATE_DICT":
+        raise UserError(f"fsdp_state_dict_type {plugin.state_dict_type.name} would write checkpoints that a resume "
+                        "unpickles: use fsdp_state_dict_type: FULL_STATE_DICT (recipes/accelerate/fsdp.yaml)")
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether the model is sharded across processes (FSDP): its forward passes and the gathering
+    of its weights are then collectives that every process must take part in."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Shard again the weights FSDP2 gathered for forwards that had no backward (evaluation).
+
+    The root module keeps its weights gathered after a forward, for the backward that usually
+    follows; without one they stay so, and the next stage's optimizer would be built on the
+    gathered copies instead of the sharded parameters."""
+    from torch.distributed.fsdp import FSDPModule  # torch >= 2.6, which FSDP2 needs anyway
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def refuse_sharding(accelerator: Accelerator, why: str) -> None:
+    """One line for a trainer that cannot run under FSDP, saying ``why``."""
+    if is_sharded(accelerator):
+        raise UserError(f"{why}: use one process or DDP (recipes/accelerate/ddp.yaml)")
+
+
+def step_seed(seed: int, step: int, micro: int) -> int:
+    """A seed for one micro-step, independent of what ran before (so resumes agree) and the same
+    on every process: a step's random choices (the hypernetwork's sampled tokenizer) belong to
+    its global batch, as one process drawing them for the whole batch would make them. (The
+    trailing ``:0`` was rank 0's: one-process runs keep the seeds they had.)"""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:0".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
@@ -371,11 +431,13 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, examples: list[Any], step: int, seed: int) -> StepOutput:
         """The loss on this process's ``examples`` at optimizer step ``step`` (0-based);
-        ``seed`` for anything random in the micro-step."""
+        ``seed`` (the same on every process) for anything random in the micro-step."""
         ...
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Held-out figures for the log (main process only; may return {})."""
+        """Held-out figures for the log (may return {}). Called on the main process, and under
+        FSDP on every process (the sharded model's forwards are collectives): only the main
+        process's figures are logged."""
         ...
 
     def should_stop(self) -> bool:
@@ -384,8 +446,10 @@ class Task(Protocol):
         ...
 
     def export(self, model: torch.nn.Module, run: Path) -> None:
-        """Write the finished artifact (main process only); ``run`` is the directory :func:`fit`
-        trained in (its checkpoints and ``log.jsonl``)."""
+        """Write the finished artifact; ``run`` is the directory :func:`fit` trained in (its
+        checkpoints and ``log.jsonl``). Called on the main process, and under FSDP on every
+        process (gathering the full weights, ``Accelerator.get_state_dict``, is a collective):
+        only the main process writes."""
         ...
 
     def state_objects(self) -> list[Any]:
@@ -557,16 +621,20 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "log.jsonl").unlink(missing_ok=True)
-    rank, world, per_step = accelerator.process_index, accelerator.num_processes, cfg.batch_size * accelerator.num_processes
+    rank, per_step = accelerator.process_index, cfg.batch_size * accelerator.num_processes
+    every_process = is_sharded(accelerator)  # evaluation and export take part in collectives
 
     def evaluate() -> bool:
         """Log the held-out figures; whether the task asks to stop, the main process's
         answer on every process, so that all of them leave the loop together."""
         stop = [False]
-        if accelerator.is_main_process:
+        if every_process or accelerator.is_main_process:
             model.eval()
             figures = task.evaluate(accelerator.unwrap_model(model))
             model.train()
+            if every_process:
+                reshard(model)
+        if accelerator.is_main_process:
             if figures:
                 _log(accelerator, out, {"step": progress.step, "eval": figures})
                 accelerator.print(f"eval @ {progress.step}: " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()))
@@ -584,7 +652,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         for micro in range(cfg.grad_accum):
             examples = stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
             with accelerator.accumulate(model):
-                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro, rank))
+                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro))
                 accelerator.backward(result.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -616,7 +684,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
         accelerator.print(f"stopped early at step {progress.step} of {cfg.steps}")
     else:
         evaluate()
-    if accelerator.is_main_process:
+    if every_process or accelerator.is_main_process:
         task.export(accelerator.unwrap_model(model), out)
     accelerator.wait_for_everyone()
     return progress
