@@ -335,3 +335,21 @@ def test_the_trained_checkpoint_keeps_the_transplant_dtype(corpus_file: Path, sp
     assert weights(tmp_path / "trained").keys() == weights(tmp_path / "model").keys()  # no lm_head when tied
     assert json.loads((tmp_path / "trained" / "config.json").read_text())["dtype"] == "bfloat16"
     assert not torch.equal(weights(tmp_path / "trained")[EMBED], weights(tmp_path / "model")[EMBED])
+
+
+def test_alm_scores_the_base_with_its_teacher_not_a_second_copy(transplanted: Path, texts: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ALM the base is in memory as the teacher; evaluation used to load it again (an 8B
+    model twice). The ratios are the same either way."""
+    import transplant.training.continued as continued
+
+    lm = config(transplanted, texts, tmp_path / "lm", steps=1)
+    train(lm)
+    expected = json.loads((tmp_path / "lm.run" / "base-eval.json").read_text())["groups"]
+
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the base was loaded again for evaluation")
+
+    monkeypatch.setattr(continued, "load_model", no_second_copy)
+    train(config(transplanted, texts, tmp_path / "alm", steps=1, objective="alm"))
+    assert json.loads((tmp_path / "alm.run" / "base-eval.json").read_text())["groups"] == expected

@@ -292,8 +292,10 @@ class ContinuedTask:
         new = evaluate_model(model, self.tokenizer, self.docs, "trained", config)  # under FSDP on every process
         if not self.accelerator.is_main_process:
             return {}  # the main process reports; it alone scores the base
+        teacher = None if self.teacher is None or self.teacher.tokenizer is None else \
+            (self.teacher.model, self.teacher.tokenizer)
         self.base = self.base or base_evaluation(self.cfg, self.loaded.record["base"], self.docs, config,
-                                                 self.accelerator)
+                                                 self.accelerator, teacher)
         figures = {f"ratio/{group}": value for group, value in ppl_ratio(new, self.base).items()}
         return figures | {f"bpb/{group}": score.bits_per_byte for group, score in new.groups.items()}
 
@@ -313,16 +315,18 @@ class ContinuedTask:
 
 
 def base_evaluation(cfg: ContinuedConfig, base: str, docs: list[Document], config: EvalConfig,
-                    accelerator: Accelerator) -> Evaluation:
+                    accelerator: Accelerator, loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+                    ) -> Evaluation:
     """The base model's scores on the eval documents, computed once per run (cached in RUN:
     a resume or a second stage does not load the base again). Scored under the same autocast
-    as the trained model, so the ratio compares like with like."""
+    as the trained model, so the ratio compares like with like. ``loaded``: the base already
+    in memory (ALM's teacher), scored as it is instead of loaded again."""
     cache = cfg.run_path / "base-eval.json"
     key = {"base": base, "corpus": cfg.eval_corpus, "groups": cfg.eval_groups, "docs": cfg.eval_docs,
            "length": cfg.eval_length, "precision": accelerator.mixed_precision}
     if cache.is_file() and (saved := json.loads(cache.read_text()))["key"] == key:
         return Evaluation(base, {g: Score.from_fields(s) for g, s in saved["groups"].items()})
-    model, tokenizer = load_model(base, trust=cfg.trust)
+    model, tokenizer = loaded or load_model(base, trust=cfg.trust)
     with accelerator.autocast():
         evaluation = evaluate_model(model.to(accelerator.device), tokenizer, docs, base, config)
     del model

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
 
 from transplant.errors import UserError
 from transplant.evaluation.evaluate import load_model, prefix_token_id
@@ -232,15 +233,17 @@ def distill_loss_from_logprobs(student_logp: torch.Tensor, student_boundary_logp
 @dataclass
 class Teacher:
     """The frozen base as the teacher: its model (inference only), how it reads text, and
-    the ALM settings every step uses."""
+    the ALM settings every step uses; its tokenizer, when it has one of its own, so that the
+    trainer can score the base with it instead of loading the base a second time."""
 
     model: torch.nn.Module
     reader: Reader
     config: AlmConfig
+    tokenizer: PreTrainedTokenizerBase | None = None
 
 
 def load_teacher(base: str, config: AlmConfig, trust: Trust = Trust()) -> Teacher:
     """The base model recorded in ``transplant.json``, frozen, with its own tokenizer."""
     model, tokenizer = load_model(base, trust=trust)
     model.requires_grad_(False)
-    return Teacher(model, hf_reader(tokenizer, model.get_output_embeddings().weight.shape[0]), config)
+    return Teacher(model, hf_reader(tokenizer, model.get_output_embeddings().weight.shape[0]), config, tokenizer)
