@@ -39,7 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (OUT.run)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--groups", help="comma-separated groups to draw (default: all; digits can dwarf the rest)")
     args = parser.parse_args()
+    keep = None if args.groups is None else set(args.groups.split(","))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours: dict[str, str] = {}
     for run, style in zip(args.runs, ("-", "--", "-.", ":") * len(args.runs)):
@@ -47,6 +49,8 @@ def main() -> None:
         if not points:
             raise SystemExit(f"error: no evaluations in {run}/stage*/log.jsonl (was eval_corpus set?)")
         for group, series in points.items():
+            if keep is not None and group not in keep:
+                continue
             colour = colours.setdefault(group, f"C{len(colours)}")
             label = group if len(args.runs) == 1 else f"{run.name}: {group}"
             ax.plot([t / 1e6 for t, _ in series], [r for _, r in series], style, color=colour, marker="o",

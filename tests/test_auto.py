@@ -95,8 +95,9 @@ def test_without_a_text_encoder_subword_is_the_floor(match) -> None:
     assert auto.report["tokenadapt_unavailable"]
 
 
-def test_auto_is_the_default_and_takes_new_s_own_model_as_donor(corpus_file: Path, sp_model: Path,
-                                                                tmp_path: Path) -> None:
+def test_auto_is_the_default_and_takes_new_s_own_model_as_donor(corpus_file: Path, sp_model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))  # no hypernetwork registered by other tests
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=True)
     donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=360), tmp_path / "donor", tied=True, seed=5)
     for new, expect_donor in ((sp_model, False), (donor, True)):
