@@ -40,6 +40,11 @@ def _isolated_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         monkeypatch.setenv("PIP_NO_INDEX", "1")
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        # each test its own list of registered hypernetworks: one trained by an earlier test
+        # for the same tiny base would otherwise become `--method auto`'s choice in a later one
+        from transplant.hypernet import catalog
+
+        monkeypatch.setattr(catalog, "CATALOG_FILE", f"hypernets-{abs(hash(request.node.nodeid))}.json")
 
 
 @pytest.fixture(scope="module")

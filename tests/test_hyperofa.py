@@ -194,7 +194,8 @@ def test_cli_trains_applies_and_refuses_another_base(corpus_file: Path, sp_model
     applied = runner.invoke(app, ["model", str(base), "-t", str(sp_model), "-o", str(out), "--method", "hyperofa",
                                   "--hypernet", str(hn)])
     assert applied.exit_code == 0, applied.output
-    subword = runner.invoke(app, ["model", str(base), "-t", str(sp_model), "-o", str(tmp_path / "subword")])
+    subword = runner.invoke(app, ["model", str(base), "-t", str(sp_model), "-o", str(tmp_path / "subword"),
+                                  "-m", "subword"])
     assert subword.exit_code == 0, subword.output
     assert json.loads((out / "transplant.json").read_text())["method"] == "hyperofa"
 
