@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -62,6 +63,17 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text") / "corpus.txt"
     path.write_text(make_text())
     return path
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training text (train.txt) and a two-language dev set (dev.jsonl) for the trainers' tests."""
+    root = tmp_path_factory.mktemp("texts")
+    (root / "train.txt").write_text(make_text(seed=1, lines=300).replace("\n", "\n\n", 40))
+    (root / "dev.jsonl").write_text("".join(json.dumps({"text": t, "lang": lang}) + "\n"
+                                            for lang, seed in (("en", 2), ("de", 3))
+                                            for t in make_text(seed=seed, lines=4).splitlines()))
+    return root
 
 
 CHAT_TEMPLATE = (

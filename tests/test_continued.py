@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from transplant.cli import app
-from conftest import bpe_tokenizer, make_text, tiny_llama
+from conftest import bpe_tokenizer, tiny_llama
 from transplant.training.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
 from transplant.errors import UserError
 from transplant.pipeline import TransplantConfig, transplant
@@ -39,16 +39,6 @@ def transplanted(base_model: Path, sp_model: Path, tmp_path_factory: pytest.Temp
     initialized = load_file(out / "initialized.safetensors")["initialized"]
     assert initialized.dtype == torch.bool and int(initialized.sum()) == result.counts["initialized"] > 0
     return out
-
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("texts")
-    (root / "train.txt").write_text(make_text(seed=1, lines=300).replace("\n", "\n\n", 40))
-    (root / "dev.jsonl").write_text("".join(json.dumps({"text": t, "lang": lang}) + "\n"
-                                            for lang, seed in (("en", 2), ("de", 3))
-                                            for t in make_text(seed=seed, lines=4).splitlines()))
-    return root
 
 
 def config(model: Path, texts: Path, out: Path, **overrides) -> ContinuedConfig:

@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import bpe_tokenizer, make_text, tiny_llama
+from conftest import bpe_tokenizer, tiny_llama
 from transplant.errors import UserError
 from transplant.hypernet import zett_train as zett
 from transplant.pipeline import TransplantConfig, transplant
@@ -71,16 +71,6 @@ def model(request: pytest.FixtureRequest, corpus_file: Path, sp_model: Path,
 @pytest.fixture(scope="module")
 def untied(corpus_file: Path, sp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return transplanted(corpus_file, sp_model, tmp_path_factory.mktemp("untied"), tied=False)
-
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("texts")
-    (root / "train.txt").write_text(make_text(seed=1, lines=300).replace("\n", "\n\n", 40))
-    (root / "dev.jsonl").write_text("".join(json.dumps({"text": t, "lang": lang}) + "\n"
-                                            for lang, seed in (("en", 2), ("de", 3))
-                                            for t in make_text(seed=seed, lines=4).splitlines()))
-    return root
 
 
 def settings(model: Path, texts: Path, out: Path, batch_size: int) -> dict:
