@@ -21,7 +21,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 # the method. tests/test_options.py checks this list against the command itself.
 COMMAND_FLAGS = frozenset({
     "tokenizer", "out", "method", "donor", "seed", "device", "chat_template", "pad_to_multiple_of",
-    "recipe", "force", "allow_pickle", "trust_remote_code", "json", "help",
+    "recipe", "force", "allow_pickle", "trust_remote_code", "json", "gguf", "help",
 })
 
 
