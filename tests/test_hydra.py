@@ -230,3 +230,15 @@ def test_cli_and_api(base_model: Path, sp_model: Path, tmp_path: Path) -> None:
 
     selected = api.hydra_select(out, "self", tmp_path / "self")
     assert selected.linked and (selected.out / "config.json").is_file()
+
+
+def test_build_flags_are_model_flags() -> None:
+    """Method options become flags of `hydra build` too; the registry refuses options named like
+    `transplant model`'s flags, which must therefore cover every flag of `hydra build`."""
+    import typer.main
+
+    from transplant.methods import registry
+
+    command = typer.main.get_command(app).commands["hydra"].commands["build"]
+    flags = {opt[2:].replace("-", "_") for param in command.params for opt in param.opts if opt.startswith("--")}
+    assert flags <= registry.COMMAND_FLAGS
