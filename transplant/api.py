@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from transplant.evaluation.compare import Comparison
     from transplant.evaluation.draft import DraftEvaluation
     from transplant.evaluation.evaluate import Evaluation
+    from transplant.hydra import HydraResult, Selected
     from transplant.pipeline import TransplantResult
     from transplant.progress import Stages
 
@@ -59,6 +60,33 @@ def model(base: str, tokenizer: str, out: str | Path, *, method: str = "auto",
                               chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of, gguf=gguf)
     return transplant(config, stages)
 
+
+def hydra_build(base: str, tokenizers: Sequence[str], out: str | Path, *, method: str = "auto",
+                options: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
+                chat_template: str = "base", pad_to_multiple_of: int = 1, force: bool = False,
+                allow_pickle: bool = False, trust_remote_code: bool = False,
+                stages: Stages | None = None) -> HydraResult:
+    """A Hydra model in ``out``: the body of ``base`` once, and one embedding/head set per
+    tokenizer (``"REF"``, or ``"NAME=REF"`` to name it). :func:`hydra_select` of a name gives
+    the checkpoint :func:`model` would have written for that tokenizer, bit for bit."""
+    from transplant.errors import UserError
+    from transplant.hydra import HydraConfig, build
+
+    if chat_template not in ("base", "new"):
+        raise UserError(f"chat_template must be 'base' or 'new', not {chat_template!r}")
+    config = HydraConfig(base=base, tokenizers=list(tokenizers), out=Path(out), method=method,
+                         options=dict(options or {}), seed=seed, force=force, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code, device=device, chat_template=chat_template,
+                         pad_to_multiple_of=pad_to_multiple_of)
+    return build(config, stages)
+
+
+def hydra_select(out: str | Path, name: str, dest: str | Path, *, force: bool = False) -> Selected:
+    """Vocabulary ``name`` of the Hydra model ``out`` as an ordinary checkpoint in ``dest``,
+    its weights hard links to ``out``'s files (copies where the file system has none)."""
+    from transplant.hydra import select
+
+    return select(Path(out), name, Path(dest), force=force)
 
 def export_gguf(checkpoint: str | Path, type: str = "f16", *, force: bool = False,
                 trust_remote_code: bool = False) -> Path:

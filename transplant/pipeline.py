@@ -118,22 +118,57 @@ def _timings_until_now(stages: Stages, running: dict[str, float]) -> dict[str, f
     return {**stages.timings, **{name: round(now - start, 3) for name, start in running.items()}}
 
 
-def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> TransplantResult:
-    """Give the base model of ``cfg`` the new tokenizer and write it to ``cfg.out``."""
-    stages = stages or Stages()
-    started = time.perf_counter()
-    method_cls = registry.get(cfg.method)
-    options = build_options(method_cls.Options, cfg.options)
-    check_output(cfg.out, RECORD_FILE, _inputs(cfg), replace=cfg.force)
+@dataclass
+class Base:
+    """The base model as read once: its directory, tokenizer and embedding tensors. A Hydra
+    output (:mod:`transplant.hydra`) gives it several new vocabularies without reading it again."""
+
+    dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    embeddings: Embeddings
+
+
+@dataclass
+class NewVocabulary:
+    """One new tokenizer's part of the output: what :func:`export` writes besides the base's
+    other tensors. ``record`` is ``transplant.json`` without its timings."""
+
+    tokenizer: PreTrainedTokenizerBase
+    replace: dict[str, torch.Tensor]  # checkpoint name -> new embedding (and lm_head) rows
+    initialized: torch.Tensor  # a bool per row: rows a method made
+    counts: dict[str, int]
+    record: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.initialized)
+
+
+def check_config(cfg: TransplantConfig) -> None:
+    """The config's own mistakes (method, options, padding, device), before any model loads."""
+    build_options(registry.get(cfg.method).Options, cfg.options)
     if not 1 <= cfg.pad_to_multiple_of <= MAX_PAD_MULTIPLE:
         raise UserError(f"--pad-to-multiple-of must be between 1 and {MAX_PAD_MULTIPLE}, got {cfg.pad_to_multiple_of}")
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)
 
+
+def load_base(cfg: TransplantConfig, stages: Stages) -> Base:
     with stages.run("loading base model"):
         base_dir = resolve_model(cfg.base, cfg.trust)
         base_tokenizer = load_tokenizer(str(base_dir), cfg.trust)
         embeddings = read_embeddings(base_dir, cfg.trust)
         check_fits(base_tokenizer, embeddings.input.shape[0], f"the base {cfg.base}")
+    return Base(base_dir, base_tokenizer, embeddings)
+
+
+def new_vocabulary(cfg: TransplantConfig, base: Base, stages: Stages) -> NewVocabulary:
+    """Load the new tokenizer of ``cfg``, match it against ``base`` and build its embedding
+    rows: copied rows bit for bit, the method's rows for the rest. ``base`` is only read."""
+    method_cls = registry.get(cfg.method)
+    options = build_options(method_cls.Options, cfg.options)
+    device = resolve_device(cfg.device)
+    embeddings = base.embeddings
     with stages.run("loading new tokenizer"):
         new_tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust)
     donor_dir, donor = None, None
@@ -141,13 +176,13 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         with stages.run("loading donor"):
             donor_dir, donor = _load_donor(cfg, new_tokenizer, method_cls.needs_donor) or (None, None)
     with stages.run("matching vocabularies"):
-        added = adopt_chat_template(base_tokenizer, new_tokenizer, cfg.chat_template)
-        match = match_vocabularies(base_tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
+        added = adopt_chat_template(base.tokenizer, new_tokenizer, cfg.chat_template)
+        match = match_vocabularies(base.tokenizer, new_tokenizer, cfg.pad_to_multiple_of)
         if getattr(options, "predict_all", False):  # a method option: its rows for exact matches too
             match = match.predicting_all()
-        numbers = compare_numbers(base_tokenizer, new_tokenizer)
+        numbers = compare_numbers(base.tokenizer, new_tokenizer)
     if cfg.gguf is not None:  # a GGUF llama.cpp cannot run is refused before the work, not after
-        check_gguf(model_config(base_dir, cfg.trust), new_tokenizer.backend_tokenizer, match.num_rows, cfg.gguf)
+        check_gguf(model_config(base.dir, cfg.trust), new_tokenizer.backend_tokenizer, match.num_rows, cfg.gguf)
     ctx = Context(
         match=match,
         base_input=_as_float(embeddings.input, device),
@@ -158,7 +193,7 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
         donor_input=_as_float(donor.input, device) if donor else None,
         donor_output=_as_float(donor.output, device) if donor else None,
         progress=stages.progress,
-        base_dir=base_dir,
+        base_dir=base.dir,
         donor_dir=donor_dir,
         trust=cfg.trust,
     )
@@ -196,15 +231,26 @@ def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> Transplan
     }
     initialized = torch.zeros(match.num_rows, dtype=torch.bool)
     initialized[match.missing] = True
+    warning = numbers.warning()
+    return NewVocabulary(new_tokenizer, replace, initialized, counts, record, [warning] if warning else [])
+
+
+def transplant(cfg: TransplantConfig, stages: Stages | None = None) -> TransplantResult:
+    """Give the base model of ``cfg`` the new tokenizer and write it to ``cfg.out``."""
+    stages = stages or Stages()
+    started = time.perf_counter()
+    check_config(cfg)
+    check_output(cfg.out, RECORD_FILE, _inputs(cfg), replace=cfg.force)
+    base = load_base(cfg, stages)
+    new = new_vocabulary(cfg, base, stages)
     writing = "writing checkpoint"
     running = {writing: time.perf_counter(), "total": started}
     with stages.run(writing):
-        export(base_dir, cfg.out, replace, match.num_rows, new_tokenizer, base_tokenizer,
-               lambda: {**record, "timings": _timings_until_now(stages, running)}, cfg.force, initialized, cfg.trust)
+        export(base.dir, cfg.out, new.replace, new.num_rows, new.tokenizer, base.tokenizer,
+               lambda: {**new.record, "timings": _timings_until_now(stages, running)}, cfg.force, new.initialized,
+               cfg.trust)
     if cfg.gguf is not None:
         with stages.run(f"writing GGUF ({cfg.gguf})"):
             export_gguf(cfg.out, cfg.gguf, trust=cfg.trust)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
-    warning = numbers.warning()
-    return TransplantResult(out=cfg.out, counts=counts, timings=dict(stages.timings),
-                            warnings=[warning] if warning else [])
+    return TransplantResult(out=cfg.out, counts=new.counts, timings=dict(stages.timings), warnings=new.warnings)

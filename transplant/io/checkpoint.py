@@ -216,15 +216,20 @@ def _base_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]
     return [torch_tensor(name, replace[name]) if name in replace else copied[name] for name in names]
 
 
-def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor], trust: Trust = Trust()) -> None:
+def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor], trust: Trust = Trust(),
+                  embeddings: bool = True) -> None:
     """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time.
 
     A tied model's lm_head copy that was not replaced (a copy of the old embeddings, see
     :func:`read_embeddings`) is left out: tied, the model reads its head from the new
     embeddings, and a copy with the old vocabulary size would not load.
+    ``embeddings=False`` leaves out the embedding and lm_head tensors too: the body of a Hydra
+    output (:mod:`transplant.hydra`), whose heads hold those per vocabulary.
     """
     names = embedding_names(base_dir, trust)
     stale = {names.output} if names.tied and names.output != names.input and names.output not in replace else set()
+    if not embeddings:
+        stale |= {names.input, names.output}
     shards: dict[Path, list[str]] = {}
     for name, path in weight_files(base_dir, trust).items():
         if name not in stale:
@@ -284,9 +289,22 @@ def export(
     with atomic_path(out, existing="replace" if force else "refuse") as tmp:
         tmp.mkdir()
         write_weights(base_dir, tmp, replace, trust)
-        write_config(base_dir, tmp, vocab_size, tokenizer, base_tokenizer, trust)
-        tokenizer.save_pretrained(tmp)
-        if initialized is not None:
-            save_file({"initialized": initialized.contiguous()}, tmp / INITIALIZED_FILE)
-        (tmp / "transplant.json").write_text(json.dumps(record(), indent=2, default=str, allow_nan=False))
+        write_vocabulary_files(base_dir, tmp, vocab_size, tokenizer, base_tokenizer, initialized, trust)
+        write_record(tmp, record())
     return out
+
+
+def write_vocabulary_files(base_dir: Path, out_dir: Path, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
+                           base_tokenizer: PreTrainedTokenizerBase, initialized: torch.Tensor | None = None,
+                           trust: Trust = Trust()) -> None:
+    """Every file of an exported checkpoint that depends on its vocabulary, except the weights
+    and transplant.json: the configs (:func:`write_config`), the tokenizer's files and
+    :data:`INITIALIZED_FILE`. One function, so a Hydra head writes exactly what :func:`export` does."""
+    write_config(base_dir, out_dir, vocab_size, tokenizer, base_tokenizer, trust)
+    tokenizer.save_pretrained(out_dir)
+    if initialized is not None:
+        save_file({"initialized": initialized.contiguous()}, out_dir / INITIALIZED_FILE)
+
+
+def write_record(out_dir: Path, record: dict[str, Any]) -> None:
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
