@@ -1,7 +1,7 @@
 """transplant: give a pretrained causal LM a different tokenizer.
 
 The Python API (:mod:`transplant.api`) mirrors the command line: :func:`model`,
-:func:`evaluate`, :func:`compare`, :func:`train`, :func:`export_gguf` and :func:`hypernet.train`. The data flow of
+:func:`evaluate`, :func:`compare`, :func:`train`, :func:`train_tokenizer`, :func:`export_gguf` and :func:`hypernet.train`. The data flow of
 one transplant lives in :mod:`transplant.pipeline`; the README's module map says where
 everything else is.
 """
@@ -9,6 +9,7 @@ everything else is.
 __version__ = "0.1.0"
 
 from transplant import hypernet  # noqa: E402  (light: its trainers load when called)
-from transplant.api import compare, evaluate, evaluate_draft, export_gguf, model, train  # noqa: E402
+from transplant.api import compare, evaluate, evaluate_draft, export_gguf, model, train, train_tokenizer  # noqa: E402
 
-__all__ = ["model", "evaluate", "evaluate_draft", "compare", "train", "export_gguf", "hypernet", "__version__"]
+__all__ = ["model", "evaluate", "evaluate_draft", "compare", "train", "train_tokenizer", "export_gguf", "hypernet",
+           "__version__"]
