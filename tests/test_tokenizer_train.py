@@ -76,10 +76,10 @@ def test_tokens_span_words_only_with_supertokens(trained: tuple[Path, str, bool]
     assert all(len(s.strip().split()) <= 4 for s in spanning), spanning  # the default --max-words
     tokens = tokenizer.tokenize(" is one of the best")
     assert len(tokens) < len(" is one of the best".split()), tokens  # fewer tokens than words
-    # never across a sentence end or a line break
-    for token in tokenizer.tokenize("the best.\nThe garden. Das Haus"):
+    # never across punctuation, digits or a line break: numbers are split as by a plain tokenizer
+    for token in tokenizer.tokenize("the best.\nThe garden. Das Haus, in 2024 the\n the"):
         text = tokenizer.convert_tokens_to_string([token])
-        assert "\n" not in text.rstrip("\n") and ". " not in text
+        assert text.strip(" .,\n0123456789") == "" or text.strip(" ").replace(" ", "").isalpha(), token
 
 
 def test_same_seed_same_tokenizer(corpus: Path, tmp_path: Path) -> None:

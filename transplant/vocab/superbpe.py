@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, models, trainers
 
-from transplant.vocab.supertokens import SupertokenOptions, boundary_split, pre_tokenizer
+from transplant.vocab.supertokens import SupertokenOptions, piece_split, pre_tokenizer
 
 SYMBOLS = 0x10000  # stage-1 token i is the character chr(SYMBOLS + i) in stage 2 (above the surrogates)
 BATCH = 4096  # pieces encoded at a time
@@ -55,8 +55,8 @@ def add_supertokens(ordinary: Tokenizer, groups: Iterable[list[str]], vocab_size
 
 def _as_symbols(stage1: Tokenizer, groups: Iterable[list[str]]) -> Iterator[list[str]]:
     """Each word group as the stage-1 tokens the finished tokenizer would give it, one
-    character per token; pieces apart wherever the boundaries split it (no merge may cross)."""
-    split = boundary_split()
+    character per token, and cut into its pieces (no merge may cross from one to the next)."""
+    split = piece_split()
     for batch in groups:
         pieces = [piece for group in batch for piece, _ in split.pre_tokenize_str(group)]
         for start in range(0, len(pieces), BATCH):

@@ -12,9 +12,11 @@ words, so that:
 - single words are still seen on their own often, so the usual word and subword tokens are
   learned too; a cross-word merge has to earn its place against them.
 
-When the finished tokenizer reads text, it splits only at sentence ends and line breaks
-(:data:`BOUNDARY`), the same as during training; inside a sentence its merges (BPE) or
-pieces (unigram) decide where tokens end.
+When the finished tokenizer reads text, it splits it as GPT-2 does (letters, digits,
+punctuation and whitespace runs apart), except that a run of words separated by single
+spaces stays one piece (:data:`PIECE`): tokens may cross the space between two words, never
+a digit, punctuation mark or line break, so numbers are split as by an ordinary tokenizer.
+Inside a piece, the learned merges (BPE) or pieces (unigram) decide where tokens end.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from tokenizers import Regex, pre_tokenizers
 
 from transplant.errors import UserError
 
-# Where tokens never cross: the whitespace after a sentence's end mark, and any run of
-# whitespace holding a line break. The whitespace starts the next piece, as a space starts a
-# word in byte-level BPE.
-BOUNDARY = r"(?<=[.!?])\s+|\s*\n\s*"
+# What a token may lie within: GPT-2's pre-tokens (an English contraction's end, a word, a
+# number, a run of punctuation or of whitespace, each with the space before it), a word joined
+# by the words that follow it after one space each.
+PIECE = r"'s|'t|'re|'ve|'m|'ll|'d|(?: ?\p{L}+)+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _WORD = re.compile(r"\s*\S+")  # a word with the whitespace before it
 _SUPERTOKEN = re.compile(rb"\S ")  # a word's end followed by a space: the token goes on past it
 
@@ -55,15 +57,15 @@ class SupertokenOptions:
             raise UserError(f"--transition must lie between 0 and 1, got {self.transition}")
 
 
-def boundary_split() -> pre_tokenizers.Split:
-    """Split text at :data:`BOUNDARY` only."""
-    return pre_tokenizers.Split(Regex(BOUNDARY), behavior="merged_with_next")
+def piece_split() -> pre_tokenizers.Split:
+    """Split text into :data:`PIECE` s."""
+    return pre_tokenizers.Split(Regex(PIECE), behavior="isolated")
 
 
 def pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    """How a byte-level supertokens tokenizer reads text: split at the boundaries only, then
-    bytes as characters (GPT-2's table, no further splitting)."""
-    return pre_tokenizers.Sequence([boundary_split(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    """How a byte-level supertokens tokenizer reads text: into pieces, then bytes as
+    characters (GPT-2's table, no further splitting)."""
+    return pre_tokenizers.Sequence([piece_split(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
 def word_groups(text: str, max_words: int, rng: random.Random) -> list[str]:
