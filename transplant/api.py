@@ -191,10 +191,10 @@ def train(model: str | Path | None = None, corpus: Sequence[str | Path] | None =
 def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, *, vocab_size: int = 16_000, kind: str = "bpe",
                     supertokens: bool = False, max_words: int | None = None, max_chars: int | None = None,
                     transition: float | None = None, seed: int = 0, force: bool = False) -> TrainedTokenizer:
-    """Train a ``kind`` (``"bpe"``: byte-level BPE; ``"unigram"``: SentencePiece-style) tokenizer
+    """Train a ``kind`` (``"bpe"`` or ``"unigram"``, both byte-level) tokenizer
     of ``vocab_size`` tokens on ``corpus`` and write it to ``out``, a directory that
     ``AutoTokenizer`` and :func:`model` load. ``supertokens``: tokens may span up to
-    ``max_words`` words and ``max_chars`` characters (``transition``: BPE's share of ordinary
+    ``max_words`` words and ``max_chars`` bytes (``transition``: BPE's share of ordinary
     tokens, learned first); see :mod:`transplant.vocab.supertokens`."""
     from dataclasses import replace
 

@@ -297,15 +297,15 @@ def tokenizer_train(
     corpus: list[Path] = typer.Option(..., "--corpus", help="Training text, .txt or .jsonl (repeat for several); never the evaluation book."),
     vocab_size: int = typer.Option(16_000, "--vocab-size", help="Tokens in all (256 byte tokens and the specials included)."),
     out: Path = typer.Option(..., "--out", "-o", help="Tokenizer directory (written atomically)."),
-    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE) or unigram (SentencePiece-style, byte fallback)."),
+    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE) or unigram (byte-level, SentencePiece's unigram algorithm)."),
     supertokens: bool = typer.Option(False, "--supertokens", help="Let tokens span words (' of the'), learned from the corpus."),
     max_words: Optional[int] = typer.Option(None, "--max-words", help="With --supertokens: words per token at most (default 4)."),
-    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="With --supertokens: characters per token at most, bytes for bpe (default 24)."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="With --supertokens: bytes per token at most (default 24)."),
     transition: Optional[float] = typer.Option(None, "--transition", help="With --supertokens, bpe: share of ordinary tokens, learned before any across words (default 0.8)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the word groups of supertokens training."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and transplant wrote it."),
 ) -> None:
-    """Train a tokenizer on CORPUS that `transplant model --tokenizer OUT` takes."""
+    """Train a tokenizer on the corpus that `transplant model --tokenizer OUT` takes."""
     from transplant import api
 
     result = api.train_tokenizer(corpus, out, vocab_size=vocab_size, kind=kind, supertokens=supertokens,

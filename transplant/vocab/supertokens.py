@@ -39,8 +39,8 @@ _SUPERTOKEN = re.compile(rb"\S ")  # a word's end followed by a space: the token
 
 @dataclass(frozen=True)
 class SupertokenOptions:
-    """Caps on a supertoken: words (the largest training group) and characters (bytes for
-    byte-level BPE, whose characters stand for bytes). ``transition``: the share of a BPE
+    """Caps on a supertoken: words (the largest training group) and characters (bytes: the
+    tokenizers are byte-level, each character stands for a byte). ``transition``: the share of a BPE
     vocabulary learned as ordinary tokens before merges across words begin
     (:mod:`transplant.vocab.superbpe`; SuperBPE's best was 0.8 to 0.9)."""
 
