@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from transplant.hydra import HydraResult, Selected
     from transplant.pipeline import TransplantResult
     from transplant.progress import Stages
+    from transplant.vocab.tokenizer_train import TrainedTokenizer
 
 ScoringProgress = Callable[[str], Callable[[int, int], None]]  # model label -> (done, total) callback
 
@@ -213,3 +214,26 @@ def train(model: str | Path | None = None, corpus: Sequence[str | Path] | None =
     run_training(cfg)
     record = json.loads((Path(cfg.out) / "transplant.json").read_text())
     return TrainResult(Path(cfg.out), cfg.run_path, record["training"]["stages"])
+
+
+def train_tokenizer(corpus: Sequence[str | Path], out: str | Path, *, vocab_size: int = 16_000, kind: str = "bpe",
+                    supertokens: bool = False, max_words: int | None = None, max_chars: int | None = None,
+                    transition: float | None = None, seed: int = 0, force: bool = False) -> TrainedTokenizer:
+    """Train a ``kind`` (``"bpe"`` or ``"unigram"``, both byte-level) tokenizer
+    of ``vocab_size`` tokens on ``corpus`` and write it to ``out``, a directory that
+    ``AutoTokenizer`` and :func:`model` load. ``supertokens``: tokens may span up to
+    ``max_words`` words and ``max_chars`` bytes (``transition``: BPE's share of ordinary
+    tokens, learned first); see :mod:`transplant.vocab.supertokens`."""
+    from dataclasses import replace
+
+    from transplant.errors import UserError
+    from transplant.vocab.supertokens import SupertokenOptions
+    from transplant.vocab.tokenizer_train import TokenizerConfig, train_tokenizer as run
+
+    caps = {"max_words": max_words, "max_chars": max_chars, "transition": transition}
+    given = {name: value for name, value in caps.items() if value is not None}
+    if given and not supertokens:
+        raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to supertokens: add --supertokens")
+    options = replace(SupertokenOptions(), **given) if supertokens else None
+    return run(TokenizerConfig(corpora=tuple(Path(c) for c in corpus), out=Path(out), vocab_size=vocab_size,
+                               kind=kind, supertokens=options, seed=seed, force=force))

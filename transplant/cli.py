@@ -30,6 +30,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(hypernet_app, name="hypernet")
 hydra_app = typer.Typer(help="Hydra models: one shared body, one embedding/head set per tokenizer (trans-tokenization).", no_args_is_help=True)
 app.add_typer(hydra_app, name="hydra")
+tokenizer_app = typer.Typer(help="Train a new tokenizer: the NEW of a transplant.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 console = Console(stderr=True)
 # Tables go to stdout; they are wide (one column per language): when piped, do not squeeze them.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -343,6 +345,29 @@ def hydra_select(
     selected = api.hydra_select(hydra, name, out, force=force)
     how = "weights are hard links, no extra disk" if selected.linked else f"weights copied: no hard links here ({selected.note})"
     console.print(f"wrote [bold]{selected.out}[/] ({name}; {how})")
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(
+    corpus: list[Path] = typer.Option(..., "--corpus", help="Training text, .txt or .jsonl (repeat for several); never the evaluation book."),
+    vocab_size: int = typer.Option(16_000, "--vocab-size", help="Tokens in all (256 byte tokens and the specials included)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Tokenizer directory (written atomically)."),
+    kind: str = typer.Option("bpe", "--kind", help="bpe (byte-level BPE) or unigram (byte-level, SentencePiece's unigram algorithm)."),
+    supertokens: bool = typer.Option(False, "--supertokens", help="Let tokens span words (' of the'), learned from the corpus."),
+    max_words: Optional[int] = typer.Option(None, "--max-words", help="With --supertokens: words per token at most (default 4)."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="With --supertokens: bytes per token at most (default 24)."),
+    transition: Optional[float] = typer.Option(None, "--transition", help="With --supertokens, bpe: share of ordinary tokens, learned before any across words (default 0.8)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the word groups of supertokens training."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and transplant wrote it."),
+) -> None:
+    """Train a tokenizer on the corpus that `transplant model --tokenizer OUT` takes."""
+    from transplant import api
+
+    result = api.train_tokenizer(corpus, out, vocab_size=vocab_size, kind=kind, supertokens=supertokens,
+                                 max_words=max_words, max_chars=max_chars, transition=transition, seed=seed, force=force)
+    console.print(f"wrote [bold]{result.out}[/]: {result.vocab_size:,} tokens, {result.supertokens:,} of them "
+                  f"spanning words ({result.seconds:.0f}s)")
 
 
 @models_app.command("list")
