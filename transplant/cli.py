@@ -101,12 +101,8 @@ def model(
                        pad_to_multiple_of=pad_to_multiple_of, force=force, allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, stages=Stages(console=None if as_json else console),
                        gguf=gguf)
-    if as_json:
-        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
-                          "warnings": result.warnings}, allow_nan=False))
+    if _reported_as_json(result, as_json):
         return
-    for line in result.warnings:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     c = result.counts
     console.print(
         f"wrote [bold]{result.out}[/]: {c['rows']:,} rows, {c['copied']:,} copied, "
@@ -156,6 +152,18 @@ def evaluate(
                               trust_remote_code=trust_remote_code, progress=progress)
     out_console.print(pair_grid(result.new, result.base).to_rich())
     _write_json(json_out, result.to_dict())
+
+
+def _reported_as_json(result: Any, as_json: bool) -> bool:
+    """A transplant's result as one JSON line (``--json``: True, nothing else to print), or
+    its warnings on the console before the summary line the caller prints (False)."""
+    if as_json:
+        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
+                          "warnings": result.warnings}, allow_nan=False))
+        return True
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    return False
 
 
 def _write_json(path: Optional[Path], record: dict) -> None:
@@ -321,12 +329,8 @@ def hydra_build(
                              chat_template=chat_template, pad_to_multiple_of=pad_to_multiple_of, force=force,
                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                              stages=Stages(console=None if as_json else console))
-    if as_json:
-        print(json.dumps({"out": str(result.out), "counts": result.counts, "timings": result.timings,
-                          "warnings": result.warnings}, allow_nan=False))
+    if _reported_as_json(result, as_json):
         return
-    for line in result.warnings:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{result.out}[/]: one body, vocabularies {', '.join(result.counts)} "
                   f"({result.timings['total']:.1f}s); `transplant hydra select {result.out} NAME -o DIR` gives one")
 
