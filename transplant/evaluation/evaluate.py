@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from transplant.inputs.corpus import Document
+from transplant.inputs.corpus import Document, pieces
 from transplant.errors import UserError
 from transplant.io.trust import Trust
 from transplant.vocab.numbers import marked_tokens, number_spans
@@ -51,7 +51,6 @@ Progress = Callable[[int, int], None]
 # Characters between whitespace cuts: a paragraph or an article is never cut, and a piece's
 # tokenizer output (ids, offsets, ... ~100 bytes a token) stays a few MB.
 PIECE_CHARS = 100_000
-_CUT_BEFORE = (" ", "\n", "\t")
 
 
 @dataclass(frozen=True)
@@ -201,23 +200,6 @@ def iter_windows(doc: int, ids: Iterable[int], max_length: int, overlap: int) ->
         stop = offset + len(held)
         yield Window(doc, head + held, stop - end)
         end = stop
-
-
-def pieces(text: str, max_chars: int) -> Iterator[str]:
-    """``text`` in consecutive pieces of at most ``max_chars`` characters that join back into it.
-
-    Each piece ends just before the last whitespace character in its span, so the whitespace
-    starts the next piece as it starts the next word inside the text, where tokenizers expect
-    it (``Ġword``, ``▁word``); a span without whitespace is cut at its end.
-    """
-    start = 0
-    while len(text) - start > max_chars:
-        end = start + max_chars
-        cut = max(text.rfind(space, start + 1, end + 1) for space in _CUT_BEFORE)
-        stop = cut if cut > start else end
-        yield text[start:stop]
-        start = stop
-    yield text[start:]
 
 
 def score_windows(

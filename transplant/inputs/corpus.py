@@ -18,6 +18,7 @@ from pathlib import Path
 from transplant.errors import UserError
 
 DEFAULT_GROUP = "all"
+CUT_BEFORE = (" ", "\n", "\t")  # a long text is cut just before one of these (see pieces)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def load_corpus(path: Path | str, max_docs: int | None = None, max_chars: int | 
         left = None if max_chars is None else max_chars - chars.get(doc.group, 0)
         if (max_docs is not None and seen[doc.group] > max_docs) or (left is not None and left <= 0):
             continue
-        text = doc.text if left is None or len(doc.text) <= left else _cut(doc.text, left)
+        text = doc.text if left is None or len(doc.text) <= left else next(pieces(doc.text, left))
         chars[doc.group] = chars.get(doc.group, 0) + len(text)
         docs.append(Document(text, doc.group))
     if not docs:
@@ -123,8 +124,20 @@ def load_corpus(path: Path | str, max_docs: int | None = None, max_chars: int | 
     return docs
 
 
-def _cut(text: str, limit: int) -> str:
-    """The longest head of ``text`` within ``limit`` characters that ends before whitespace
-    (the whole limit when no whitespace falls inside it)."""
-    cut = max(text.rfind(space, 1, limit + 1) for space in (" ", "\n", "\t"))
-    return text[:cut] if cut > 0 else text[:limit]
+def pieces(text: str, max_chars: int) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``max_chars`` characters that join back into it.
+
+    Each piece ends just before the last whitespace character in its span, so the whitespace
+    starts the next piece as it starts the next word inside the text, where tokenizers expect
+    it (``Ġword``, ``▁word``); a span without whitespace is cut at its end.
+    """
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = max(text.rfind(space, start + 1, end + 1) for space in CUT_BEFORE)
+        stop = cut if cut > start else end
+        yield text[start:stop]
+        start = stop
+    yield text[start:]
+
+
