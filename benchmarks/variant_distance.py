@@ -14,7 +14,7 @@ the sampled rows, and the mean row cosine beside it) on
   tokenizer: same statistics, unrelated rows), and a freshly initialized model of the config.
 
     python benchmarks/variant_distance.py --corpus out/train-corpus/train.jsonl [--base smollm2-135m]
-        [--steps 1,3,10,30] [--lr 1e-4] [--seq-len 128]
+        [--steps 1,3,10,30] [--lr 1e-4] [--seq-len 128] [--save DIR]
 
 The fine-tune runs on the CPU at batch 1 (~5 s a step for SmolLM2 on one busy core); the
 corpus must be training text, never the evaluation book (DATA.md).
@@ -54,8 +54,9 @@ def requantized(matrix: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tens
     return torch.from_numpy(dequantize(quantize(array, qtype), qtype).reshape(array.shape).copy())
 
 
-def fine_tune(base_dir, tokenizer, corpus: str, steps: list[int], lr: float, seq_len: int):
-    """Yield (step, input rows, output rows or None) of a full fine-tune at the given steps."""
+def fine_tune(base_dir, tokenizer, corpus: str, steps: list[int], lr: float, seq_len: int, save: str | None = None):
+    """Yield (step, input rows, output rows or None) of a full fine-tune at the given steps; with
+    ``save``, the model after the last step is written there (a real variant to transplant)."""
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ids = [i for doc in load_corpus(corpus, max_docs=500) for i in tokenizer(doc.text)["input_ids"]]
@@ -69,6 +70,9 @@ def fine_tune(base_dir, tokenizer, corpus: str, steps: list[int], lr: float, seq
         if step in steps:
             rows_in = model.get_input_embeddings().weight.detach().clone()
             yield step, loss.item(), rows_in, None if tied else model.get_output_embeddings().weight.detach().clone()
+    if save:
+        model.save_pretrained(save)
+        tokenizer.save_pretrained(save)
 
 
 def main() -> None:
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1,3,10,30", help="fine-tune steps at which to measure")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--save", help="write the fine-tuned model after the last step here")
     args = parser.parse_args()
 
     base_dir = resolve_model(args.base)
@@ -103,7 +108,7 @@ def main() -> None:
                 None if rows_out is None else requantized(rows_out, qtype))
     steps = sorted(int(s) for s in args.steps.split(","))
     started = time.perf_counter()
-    for step, loss, new_in, new_out in fine_tune(base_dir, tokenizer, args.corpus, steps, args.lr, args.seq_len):
+    for step, loss, new_in, new_out in fine_tune(base_dir, tokenizer, args.corpus, steps, args.lr, args.seq_len, args.save):
         measure("variant", f"full fine-tune, AdamW lr {args.lr:g}, {step} steps of {args.seq_len} tokens "
                 f"(loss {loss:.2f}, {time.perf_counter() - started:.0f} s)", new_in, new_out)
     shuffle = torch.randperm(rows_in.shape[0], generator=g)
