@@ -15,6 +15,10 @@ rank them the same way on every tokenizer tried:
    ``tokenadapt`` row.
 3. ``subword`` is the floor: when the text encoder behind ``tokenadapt`` cannot be had
    (offline, never fetched), every row that would be its comes from the token's pieces.
+   It is also the row of every token a text encoder cannot read (:func:`readable`): a piece
+   of a UTF-8 character, or no letter at all (whitespace runs, punctuation, digits). Their
+   neighbours in a sentence encoder's space are noise, while their pieces are exact; on
+   Japanese text `tokenadapt` was ×1.19 worse than `subword` for this reason.
 
 ``method_report`` says where the rows came from (counts per source and matrix) and why.
 """
@@ -22,6 +26,8 @@ rank them the same way on every tokenizer tried:
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -66,6 +72,16 @@ def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
     return None
 
 
+def readable(surface: bytes) -> bool:
+    """Whether a sentence encoder can tell what the token means: whole UTF-8 characters, at
+    least one of them a letter."""
+    try:
+        text = surface.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return any(unicodedata.category(c).startswith("L") for c in text)
+
+
 def _rows_of(name: str, ctx: Context, options: object, which: Which, missing: torch.Tensor) -> torch.Tensor:
     """Rows of another registered method, run on this context with its own options; what it
     reports (e.g. zett's base check) is reported as auto's."""
@@ -93,11 +109,16 @@ class Auto(MethodBase):
             return self._record(ctx, which, {"zett": missing.numel()},
                                 _rows_of("zett", ctx, ZettOptions(hypernet=str(hypernet)), which, missing))
         rows, source = self._guess_rows(ctx, which, missing, options)
-        counts = {source: missing.numel()}
+        explained = torch.zeros(len(missing), dtype=torch.bool)
         if ctx.donor_input is not None:
             explained = self._explained_by_donor(ctx, which, missing, options, rows)
-            counts = {"omp": explained, source: missing.numel() - explained}
-        return self._record(ctx, which, counts, rows)
+        unreadable = torch.tensor([not readable(ctx.match.new_vocab.surfaces[i]) for i in missing.tolist()],
+                                  dtype=torch.bool)
+        if unreadable.any():
+            rows[unreadable.to(rows.device)] = subword_rows(ctx, which, missing[unreadable]).to(rows.device, rows.dtype)
+        counts = Counter({"omp": int((explained & ~unreadable).sum()), source: int((~explained & ~unreadable).sum())})
+        counts["subword"] += int(unreadable.sum())
+        return self._record(ctx, which, {name: n for name, n in counts.items() if n}, rows)
 
     def _guess_rows(self, ctx: Context, which: Which, missing: torch.Tensor,
                     options: AutoOptions) -> tuple[torch.Tensor, str]:
@@ -112,9 +133,9 @@ class Auto(MethodBase):
             return subword_rows(ctx, which, missing), "subword"
 
     def _explained_by_donor(self, ctx: Context, which: Which, missing: torch.Tensor, options: AutoOptions,
-                            rows: torch.Tensor) -> int:
+                            rows: torch.Tensor) -> torch.Tensor:
         """Overwrite, in ``rows``, the rows of tokens the donor's anchors explain well with
-        OMP's; how many that was."""
+        OMP's; which those were (a bool per missing token)."""
         donor = ctx.donor(which)
         missing = missing.to(ctx.device)
         in_donor = (missing < len(donor)).nonzero().squeeze(1)
@@ -122,7 +143,9 @@ class Auto(MethodBase):
         omp_rows, result = transfer(omp_ctx, which, donor[missing[in_donor]])
         good = result.rel_residual <= options.omp_threshold
         rows[in_donor[good].to(rows.device)] = omp_rows[good].to(rows.device, rows.dtype)
-        return int(good.sum())
+        explained = torch.zeros(len(missing), dtype=torch.bool)
+        explained[in_donor[good].cpu()] = True
+        return explained
 
     @staticmethod
     def _record(ctx: Context, which: Which, counts: dict[str, int], rows: torch.Tensor) -> torch.Tensor:
