@@ -64,6 +64,32 @@ def test_the_newest_registered_hypernetwork_that_fits_the_base_is_found(match, t
     assert "hypernet" not in unregistered.report
 
 
+def write_log(hn: Path, *bpb: float) -> None:
+    """A training log as the trainer writes it: step lines, and an eval line per evaluation."""
+    lines = [{"step": 1, "loss": 5.0}] + [{"step": 10 * (i + 1), "eval": {"bpb": b, "bpb/en/man": b}} for i, b in enumerate(bpb)]
+    (hn / catalog.LOG_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_the_registered_hypernetwork_with_the_best_held_out_figure_wins_over_the_newest(match, tmp_path: Path) -> None:
+    from transplant.hypernet.zett import ZettOptions
+
+    ctx = make_context(match)
+    unscored = random_hypernet(ctx, tmp_path / "unscored", seed=0)
+    best = random_hypernet(ctx, tmp_path / "best", seed=1)
+    worse = random_hypernet(ctx, tmp_path / "worse", seed=2)
+    write_log(best, 2.4, 2.05)  # the last evaluation counts
+    write_log(worse, 2.0, 2.09)
+    for hn in (best, unscored, worse):  # worse is the newest
+        catalog.remember(hn, "zett", "base")
+    assert [Path(e.path).name for e in catalog.ranked("zett")] == ["best", "worse", "unscored"]
+    auto = dataclasses.replace(ctx, options=AutoOptions(), report={})
+    got = registry.get("auto")().init_rows(auto, "input", match.missing)
+    assert auto.report["hypernet"] == str(best.resolve())
+    assert torch.equal(got, rows("zett", ctx, ZettOptions(hypernet=str(best))))
+    listed = runner.invoke(app, ["hypernet", "list"], terminal_width=300).output
+    assert listed.index("2.050") < listed.index("2.090") and listed.count("best") == 1
+
+
 def unreadable_of(match) -> torch.Tensor:
     return torch.tensor([not readable(match.new_vocab.surfaces[i]) for i in match.missing.tolist()])
 

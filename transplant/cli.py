@@ -286,18 +286,19 @@ def hypernet_train(
 
 @hypernet_app.command("list")
 def hypernet_list() -> None:
-    """Hypernetworks trained on this machine (newest first): what --method auto looks for."""
+    """Hypernetworks trained on this machine, best first: what --method auto looks for."""
     from transplant.hypernet import catalog
 
-    found = catalog.entries()
+    found = catalog.ranked()
     if not found:
         console.print("no hypernetworks yet: train one with `transplant hypernet train`")
         return
     table = Table(title="hypernetworks")
-    for column in ("kind", "base", "directory"):
+    for column in ("kind", "base", "held-out bits/byte", "directory"):
         table.add_column(column)
     for entry in found:
-        table.add_row(entry.kind, entry.base, entry.path)
+        bpb = catalog.heldout_bpb(entry.path)
+        table.add_row(entry.kind, entry.base, "-" if bpb is None else f"{bpb:.3f}", entry.path)
     out_console.print(table)
 
 

@@ -3,8 +3,9 @@
 Which method wins depends on what the user has, and the measured tables (docs/results.md)
 rank them the same way on every tokenizer tried:
 
-1. A ``zett`` hypernetwork trained for this base: ``--hypernet DIR``, or else the newest
-   one this machine trained that fits the base (``transplant hypernet list``). It is the
+1. A ``zett`` hypernetwork trained for this base: ``--hypernet DIR``, or else the best one
+   this machine trained that fits the base (``transplant hypernet list``: the lowest held-out
+   bits per byte of its own training log). It is the
    best zero-shot method wherever one exists, so every missing row comes from it.
 2. Without one, ``tokenadapt`` gives every missing row (text-embedding neighbours blended
    with the token's pieces), and where a donor model is available (``--donor``, or NEW names
@@ -43,7 +44,7 @@ from transplant.methods.registry import get, register
 
 @dataclass(frozen=True)
 class AutoOptions:
-    hypernet: Optional[str] = None  # a zett HN_DIR; None = the newest registered one that fits the base
+    hypernet: Optional[str] = None  # a zett HN_DIR; None = the best registered one that fits the base
     registered: bool = True  # look for a registered hypernetwork when --hypernet is not given
     omp_threshold: float = 0.3  # donor tokens with OMP relative residual at most this take OMP's row
     aux_model: Optional[str] = None  # tokenadapt's text encoder (default: the packaged MiniLM)
@@ -54,8 +55,9 @@ class AutoOptions:
 
 
 def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
-    """The hypernetwork to use: the one given (which must fit), else the newest registered
-    zett network that loads for this base (the fit is the loader's own check), else None."""
+    """The hypernetwork to use: the one given (which must fit), else the best registered zett
+    network (:func:`~transplant.hypernet.catalog.ranked`) that loads for this base (the fit is
+    the loader's own check), else None."""
     from transplant.hypernet import catalog
     from transplant.hypernet.zett import load_hypernet
 
@@ -63,7 +65,7 @@ def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
         return Path(options.hypernet)
     if not options.registered:
         return None
-    for entry in catalog.entries("zett"):
+    for entry in catalog.ranked("zett"):
         try:
             load_hypernet(Path(entry.path), ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output)
         except UserError:
