@@ -9,7 +9,7 @@ The matrices in the context keep the checkpoint's dtype (an 8B model's bfloat16 
 are 2 GB; float32 copies beside them would double that): a method gathers the rows it needs
 and casts those (:meth:`Context.rows`), never the whole matrix. A method whose rows can be
 built for a part of the missing ids at a time (``chunkable``) is called on consecutive parts,
-so its float32 working set stays small whatever the vocabulary (:mod:`transplant.rows`).
+so its float32 working set stays small whatever the vocabulary (:mod:`transplant.matrices`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class Context:
     """What a method may look at.
 
     ``base_input``/``base_output`` are the base model's matrices in their checkpoint dtype
-    (``base_output`` is ``None`` when tied); :meth:`rows` gives rows of them in float32. Donor matrices are indexed by *new* token ids, because a donor is
+    (``base_output`` is ``None`` when tied); :meth:`rows` gives rows of them in float32.
+    Donor matrices, in their dtype too, are indexed by *new* token ids, because a donor is
     a model whose tokenizer is the new one; they are ``None`` without a donor. ``progress``
     gives long work an ``advance(n)`` callback (see :mod:`transplant.progress`).
     ``base_dir``/``donor_dir`` are the checkpoint directories the matrices came from, for a
