@@ -23,12 +23,9 @@ in-place write into one (``save_pretrained`` over it) would otherwise change bot
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import Any
 from transplant import __version__
 from transplant.errors import UserError
 from transplant.io.atomic import TOOL, atomic_path, check_output, is_ours
+from transplant.io.links import link_or_copy, read_only
 from transplant.io.checkpoint import RECORD_FILE, write_record, write_vocabulary_files, write_weights
 from transplant.io.shards import read_header, torch_tensor, write_shard
 from transplant.io.tokenizer import load_tokenizer
@@ -122,10 +120,6 @@ def head_name(given: str) -> tuple[str, str]:
     return name, ref
 
 
-def _read_only(path: Path) -> None:
-    path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _write_head(directory: Path, cfg: TransplantConfig, base: Base,
                 stages: Stages) -> tuple[dict[str, int], list[str]]:
     """One vocabulary: its rows built as ``transplant model`` builds them, written beside the body.
@@ -135,7 +129,7 @@ def _write_head(directory: Path, cfg: TransplantConfig, base: Base,
         directory.mkdir(parents=True)
         weights = directory / HEAD_WEIGHTS
         write_shard(weights, [torch_tensor(name, rows) for name, rows in new.replace.items()])
-        _read_only(weights)
+        read_only(weights)
         write_vocabulary_files(base.dir, directory, new.num_rows, new.tokenizer, base.tokenizer, new.initialized,
                                cfg.trust)
     write_record(directory, {**new.record, "timings": dict(stages.timings)})
@@ -162,7 +156,7 @@ def build(cfg: HydraConfig, stages: Stages | None = None) -> HydraResult:
             write_weights(base.dir, tmp / BODY, {}, first.trust, embeddings=False)
             body = sorted(p.name for p in (tmp / BODY).glob("*.safetensors"))
             for name in body:
-                _read_only(tmp / BODY / name)
+                read_only(tmp / BODY / name)
         for name, vocabulary in vocabularies.items():
             if stages.console is not None:
                 stages.console.print(f"[bold]{name}[/] ({vocabulary.tokenizer})", highlight=False)
@@ -176,19 +170,6 @@ def build(cfg: HydraConfig, stages: Stages | None = None) -> HydraResult:
                   "tied": base.embeddings.tied, "timings": {**stages.timings, "heads": head_timings}}
         (tmp / HYDRA_FILE).write_text(json.dumps(record, indent=2, allow_nan=False))
     return HydraResult(cfg.out, counts, dict(stages.timings), warnings)
-
-
-def _link(source: Path, target: Path) -> str | None:
-    """Hard-link ``source`` as ``target``, or copy it where the file system cannot (another
-    device, no hard links); returns why it was copied, or None."""
-    try:
-        os.link(source, target)
-        return None
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        shutil.copyfile(source, target)
-        return os.strerror(e.errno)
 
 
 def _hydra_record(out: Path) -> dict[str, Any]:
@@ -217,7 +198,7 @@ def select(out: Path, name: str, dest: Path, force: bool = False) -> Selected:
         weight_map, total = {}, 0
         for number, source in enumerate(shards, start=1):
             file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            notes.append(_link(source, tmp / file))
+            notes.append(link_or_copy(source, tmp / file))
             header, _ = read_header(source)
             weight_map.update({tensor: file for tensor in header})
             total += sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in header.values())

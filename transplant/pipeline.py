@@ -19,13 +19,14 @@ from transplant.io.checkpoint import INITIALIZED_FILE, RECORD_FILE, Embeddings, 
 from transplant.io.gguf_export import check_gguf, export_gguf
 from transplant.errors import UserError
 from transplant.methods import registry
-from transplant.methods.base import Context, Method, Which
+from transplant.matrices import build_matrices
+from transplant.methods.base import Context
 from transplant.options import build_options
 from transplant.progress import Stages
 from transplant.io.sources import resolve_model
 from transplant.io.tokenizer import check_fits, load_tokenizer
 from transplant.io.trust import Trust
-from transplant.vocab.matching import VocabMatch, match_vocabularies
+from transplant.vocab.matching import match_vocabularies
 from transplant.vocab.numbers import compare_numbers
 
 
@@ -87,21 +88,9 @@ def _load_donor(cfg: TransplantConfig, new: PreTrainedTokenizerBase, required: b
     return directory, read_embeddings(directory, cfg.trust)
 
 
-def _as_float(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t.to(device, torch.float32)
-
-
-def _build_matrix(method: Method, ctx: Context, match: VocabMatch, which: Which, base: torch.Tensor) -> torch.Tensor:
-    """Copied rows bit for bit, method rows for the missing ids, zeros for padding rows and
-    for byte tokens the tokenizer never writes (``match.unreachable``)."""
-    rows = torch.zeros(match.num_rows, base.shape[1], dtype=base.dtype)
-    rows[match.copy_new] = base[match.copy_base]
-    if len(match.missing):
-        new = method.init_rows(ctx, which, match.missing)
-        if new.shape != (len(match.missing), base.shape[1]) or not torch.isfinite(new).all():
-            raise RuntimeError(f"method {method.name!r} returned bad rows {tuple(new.shape)} for {which}")
-        rows[match.missing] = new.to("cpu", base.dtype)
-    return rows
+def _on_device(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A matrix for the context, in its own dtype (methods cast the rows they gather)."""
+    return None if t is None else t.to(device)
 
 
 def _inputs(cfg: TransplantConfig) -> list[str | Path | None]:
@@ -185,24 +174,24 @@ def new_vocabulary(cfg: TransplantConfig, base: Base, stages: Stages) -> NewVoca
         check_gguf(model_config(base.dir, cfg.trust), new_tokenizer.backend_tokenizer, match.num_rows, cfg.gguf)
     ctx = Context(
         match=match,
-        base_input=_as_float(embeddings.input, device),
-        base_output=_as_float(embeddings.output, device),
+        base_input=_on_device(embeddings.input, device),
+        base_output=_on_device(embeddings.output, device),
         options=options,
         seed=cfg.seed,
         device=device,
-        donor_input=_as_float(donor.input, device) if donor else None,
-        donor_output=_as_float(donor.output, device) if donor else None,
+        donor_input=_on_device(donor.input, device) if donor else None,
+        donor_output=_on_device(donor.output, device) if donor else None,
         progress=stages.progress,
         base_dir=base.dir,
         donor_dir=donor_dir,
         trust=cfg.trust,
     )
-    method = method_cls()
-    replace = {}
+    bases = {"input": embeddings.input} if embeddings.tied else {"input": embeddings.input, "output": embeddings.output}
     with stages.run(f"initializing {len(match.missing):,} rows with {cfg.method}"):
-        replace[embeddings.input_name] = _build_matrix(method, ctx, match, "input", embeddings.input)
-        if embeddings.output_name is not None:
-            replace[embeddings.output_name] = _build_matrix(method, ctx, match, "output", embeddings.output)
+        built = build_matrices(method_cls(), ctx, match, bases)
+    replace = {embeddings.input_name: built["input"]}
+    if not embeddings.tied:
+        replace[embeddings.output_name] = built["output"]
     counts = {
         "rows": match.num_rows,
         "copied": len(match.copy_new),

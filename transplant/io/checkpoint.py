@@ -24,7 +24,7 @@ from transplant.io.architecture import check_config, check_model, loaded_names
 from transplant.io.atomic import atomic_path
 from transplant.vocab.chat import end_of_turn_ids
 from transplant.errors import UserError, reason
-from transplant.io.shards import ShardTensor, file_tensors, torch_dtypes, torch_tensor, write_shards
+from transplant.io.shards import ShardTensor, file_tensors, read_header, torch_dtypes, torch_tensor, write_shards
 from transplant.io.trust import Trust, read_json
 
 
@@ -216,9 +216,19 @@ def _base_tensors(path: Path, names: list[str], replace: dict[str, torch.Tensor]
     return [torch_tensor(name, replace[name]) if name in replace else copied[name] for name in names]
 
 
+def _unchanged(path: Path, names: list[str], replace: dict[str, torch.Tensor]) -> bool:
+    """Whether the base shard ``path`` goes into the output as it is: safetensors, every tensor
+    of it kept (none left out, none replaced)."""
+    return (path.suffix == ".safetensors" and not replace.keys() & set(names)
+            and set(read_header(path)[0]) == set(names))
+
+
 def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor], trust: Trust = Trust(),
                   embeddings: bool = True) -> None:
     """Copy every tensor of the base, swapping in ``replace``; one tensor in memory at a time.
+    A base shard that keeps all its tensors unchanged (a sharded checkpoint's body, when the
+    embeddings and lm_head lie in other shards) is hard-linked, not copied
+    (:mod:`transplant.io.links`: then read-only, in the base too).
 
     A tied model's lm_head copy that was not replaced (a copy of the old embeddings, see
     :func:`read_embeddings`) is left out: tied, the model reads its head from the new
@@ -234,7 +244,8 @@ def write_weights(base_dir: Path, out_dir: Path, replace: dict[str, torch.Tensor
     for name, path in weight_files(base_dir, trust).items():
         if name not in stale:
             shards.setdefault(path, []).append(name)
-    write_shards(out_dir, [_base_tensors(path, shard, replace) for path, shard in shards.items()])
+    write_shards(out_dir, [path if _unchanged(path, shard, replace) else _base_tensors(path, shard, replace)
+                           for path, shard in shards.items()])
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save
 
 from transplant.errors import UserError
+from transplant.io.links import link_or_copy
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,27 @@ def write_shard(out: Path, tensors: list[ShardTensor]) -> int:
     return offset
 
 
-def write_shards(out_dir: Path, shards: list[list[ShardTensor]]) -> None:
-    """``model.safetensors``, or numbered shards and their index, as transformers writes them."""
+def _linked_shard(source: Path, out: Path) -> tuple[list[str], int]:
+    """``source`` as the shard ``out``, hard-linked (:func:`transplant.io.links.link_or_copy`):
+    its tensor names and bytes of tensor data, from its header."""
+    link_or_copy(source, out)
+    header, _ = read_header(source)
+    return list(header), sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in header.values())
+
+
+def write_shards(out_dir: Path, shards: list[list[ShardTensor] | Path]) -> None:
+    """``model.safetensors``, or numbered shards and their index, as transformers writes them.
+    A shard given as a path is a safetensors file that goes into the output unchanged: linked."""
     weight_map: dict[str, str] = {}
     total = 0
-    for number, tensors in enumerate(shards, start=1):
+    for number, shard in enumerate(shards, start=1):
         name = f"model-{number:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-        total += write_shard(out_dir / name, tensors)
-        weight_map.update({t.name: name for t in tensors})
+        if isinstance(shard, Path):
+            names, size = _linked_shard(shard, out_dir / name)
+        else:
+            names, size = [t.name for t in shard], write_shard(out_dir / name, shard)
+        total += size
+        weight_map.update({tensor: name for tensor in names})
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, allow_nan=False))

@@ -18,21 +18,29 @@ from transplant.methods.registry import register
 Weighting = Literal["mean", "length", "first"]  # how subword_rows weighs a token's pieces
 
 
+# Floats mix_rows gathers at once (128 MB): 216k tokens x 64 anchors x 576 floats would be
+# 32 GB in one gather, and at an 8B model's width even 8,192 tokens x 64 anchors are 8.6 GB.
+MIX_ELEMENTS = 1 << 25
+
+
 def mean_rows(ctx: Context, which: Which, count: int) -> torch.Tensor:
-    """``count`` copies of the mean base row."""
-    base = ctx.base(which).to(ctx.device, torch.float32)
-    return base.mean(dim=0, keepdim=True).expand(count, -1).clone()
+    """``count`` copies of the mean base row (summed in float32 without a float32 copy of the matrix)."""
+    mean = torch.mean(ctx.base(which), dim=0, keepdim=True, dtype=torch.float32)
+    return mean.to(ctx.device).expand(count, -1).clone()
 
 
-def mix_rows(rows: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def mix_rows(rows: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, elements: int = MIX_ELEMENTS) -> torch.Tensor:
     """(n, d): each output row is sum_j weights[i, j] * rows[ids[i, j]]; ids < 0 are padding
-    (give them weight 0). In chunks of targets, because the (n, L, d) gather of all at once
-    can take tens of GB (216k tokens x 64 anchors x 576 floats is 32 GB)."""
+    (give them weight 0). In float32 (or ``rows``' dtype when wider): the rows are gathered,
+    then cast, so a bfloat16 matrix is never copied whole. In chunks of targets that gather
+    at most ``elements`` floats; each output row is the same whatever the chunk."""
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    chunk = max(1, elements // max(1, ids.shape[1] * rows.shape[1]))
     parts = [
-        torch.einsum("nl,nld->nd", w, rows[i.clamp(min=0)])
-        for i, w in zip(ids.split(chunk), weights.to(rows.dtype).split(chunk))
+        torch.einsum("nl,nld->nd", w, rows[i.clamp(min=0)].to(dtype))
+        for i, w in zip(ids.split(chunk), weights.to(dtype).split(chunk))
     ]
-    return torch.cat(parts) if parts else rows.new_zeros(0, rows.shape[1])
+    return torch.cat(parts) if parts else rows.new_zeros(0, rows.shape[1], dtype=dtype)
 
 
 def subword_rows(
@@ -48,7 +56,7 @@ def subword_rows(
     loop over tokens; batches bound the (batch, L, d) gather. Tokens that decompose to
     nothing get the mean row.
     """
-    base = ctx.base(which).to(ctx.device, torch.float32)
+    base = ctx.base(which)
     lengths = torch.tensor([len(s) for s in ctx.match.base_vocab.surfaces], dtype=torch.float32)
     lengths = lengths.to(ctx.device).clamp(min=1.0)
     out = torch.empty(len(missing), base.shape[1], device=ctx.device)
@@ -74,6 +82,7 @@ def subword_rows(
 class Zero(MethodBase):
     name: ClassVar[str] = "zero"
     description: ClassVar[str] = "zero rows (a lower bound to compare against)"
+    chunkable: ClassVar[bool] = True
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         return torch.zeros(len(missing), ctx.base(which).shape[1], device=ctx.device)
@@ -83,6 +92,7 @@ class Zero(MethodBase):
 class Mean(MethodBase):
     name: ClassVar[str] = "mean"
     description: ClassVar[str] = "mean of all base rows"
+    chunkable: ClassVar[bool] = True
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         return mean_rows(ctx, which, len(missing))
@@ -118,6 +128,7 @@ class Subword(MethodBase):
     name: ClassVar[str] = "subword"
     description: ClassVar[str] = "FVT: mean of the base rows of the token's base-tokenizer pieces"
     Options: ClassVar[type] = SubwordOptions
+    chunkable: ClassVar[bool] = True
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         return subword_rows(ctx, which, missing, ctx.options.subword_weighting)

@@ -87,27 +87,73 @@ def _validate(options: OmpOptions, num_anchors: int) -> None:
         raise UserError(f"omp: --pool must be 0 (all anchors) or at least --k ({options.k}), got {options.pool}")
 
 
-def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.Tensor, OmpResult]:
-    """Base rows for the donor rows ``targets`` (n, d_donor), and the OMP result behind them.
-
-    With ``center`` the anchor means are removed in both spaces before fitting and the base
-    mean added back, so coefficients describe offsets from the typical token."""
-    options: OmpOptions = ctx.options
-    donor, base = ctx.donor(which).to(ctx.device, torch.float32), ctx.base(which).to(ctx.device, torch.float32)
+def _anchors(ctx: Context, which: Which) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new ids, base ids) of the anchors the donor has a row for."""
     new_ids, base_ids = (ids.to(ctx.device) for ids in ctx.match.anchors)
-    usable = new_ids < len(donor)
-    atoms, images = donor[new_ids[usable]], base[base_ids[usable]]
+    usable = new_ids < len(ctx.donor(which))
+    return new_ids[usable], base_ids[usable]
+
+
+def fit(ctx: Context, which: Which, targets: torch.Tensor) -> OmpResult:
+    """OMP of the donor rows ``targets`` (n, d_donor) over the anchors' donor rows; its
+    indices count the anchors (:func:`_anchors`). Only the donor is read: the result is the
+    same for both base matrices when the donor is tied.
+
+    With ``center`` the anchor mean is removed before fitting, so coefficients describe
+    offsets from the typical token (:func:`apply` adds the base's back)."""
+    options: OmpOptions = ctx.options
+    new_ids, _ = _anchors(ctx, which)
+    atoms = ctx.donor(which)[new_ids].to(ctx.device, torch.float32)
     _validate(options, len(atoms))
     targets = targets.to(ctx.device, torch.float32)
     if options.center:
-        donor_mean, base_mean = atoms.mean(dim=0), images.mean(dim=0)
-        atoms, images, targets = atoms - donor_mean, images - base_mean, targets - donor_mean
+        donor_mean = atoms.mean(dim=0)
+        atoms, targets = atoms - donor_mean, targets - donor_mean
     advance = ctx.progress(len(targets), f"omp {which} rows")
-    result = batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, options.ridge, advance)
-    rows = mix_rows(images, result.indices, result.coeffs)
-    if options.center:
-        rows += base_mean
-    return rows, result
+    return batch_omp(targets, atoms, options.k, options.pool, options.batch_size, ctx.seed, options.ridge, advance)
+
+
+def apply(ctx: Context, which: Which, indices: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Base rows: each target's coefficients applied to its anchors' base rows, gathered from
+    the base matrix in its own dtype (centered: the offsets from the anchors' base mean)."""
+    _, base_ids = _anchors(ctx, which)
+    if not ctx.options.center:
+        return mix_rows(ctx.base(which), base_ids[indices], coeffs)
+    images = ctx.rows(which, base_ids)
+    base_mean = images.mean(dim=0)
+    return mix_rows(images - base_mean, indices, coeffs) + base_mean
+
+
+def transfer(ctx: Context, which: Which, targets: torch.Tensor) -> tuple[torch.Tensor, OmpResult]:
+    """Base rows for the donor rows ``targets`` (n, d_donor), and the OMP result behind them."""
+    result = fit(ctx, which, targets)
+    return apply(ctx, which, result.indices, result.coeffs), result
+
+
+@dataclass
+class OmpPlan:
+    """Per token: whether its row is OMP's (else subword's), and its anchors and coefficients
+    (zeros for a subword token)."""
+
+    omp: torch.Tensor
+    indices: torch.Tensor
+    coeffs: torch.Tensor
+
+
+def build_plan(ctx: Context, which: Which, missing: torch.Tensor) -> OmpPlan:
+    """OMP for the tokens of ``missing`` the donor has rows for, and the fallback's choice."""
+    options: OmpOptions = ctx.options
+    donor = ctx.donor(which)
+    missing = missing.to(ctx.device)
+    in_donor = missing < len(donor)
+    result = fit(ctx, which, donor[missing[in_donor]])
+    use_subword = ~in_donor
+    if options.fallback == "subword":
+        use_subword[in_donor] = result.rel_residual > options.fallback_threshold
+    indices = torch.zeros(len(missing), options.k, dtype=torch.long, device=ctx.device)
+    coeffs = torch.zeros(len(missing), options.k, device=ctx.device)
+    indices[in_donor], coeffs[in_donor] = result.indices, result.coeffs
+    return OmpPlan(~use_subword, indices, coeffs)
 
 
 @register
@@ -116,18 +162,17 @@ class Omp(MethodBase):
     description: ClassVar[str] = "orthogonal matching pursuit over shared anchors of a donor model (needs --donor)"
     Options: ClassVar[type] = OmpOptions
     needs_donor: ClassVar[bool] = True
+    chunkable: ClassVar[bool] = True
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
-        options: OmpOptions = ctx.options
-        donor = ctx.donor(which)
-        missing = missing.to(ctx.device)
+        """OMP is planned once per donor matrix for every planned token (a tied donor serves
+        both base matrices) and applied to this call's tokens."""
+        donor_matrix = "output" if which == "output" and ctx.donor_output is not None else "input"
+        plan, at = ctx.plan_rows(f"omp:{donor_matrix}", missing, lambda ids: build_plan(ctx, which, ids))
+        at = at.to(ctx.device)
+        omp = plan.omp[at]
         out = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
-        in_donor = missing < len(donor)
-        rows, result = transfer(ctx, which, donor[missing[in_donor]])
-        out[in_donor] = rows
-        use_subword = ~in_donor
-        if options.fallback == "subword":
-            use_subword[in_donor] = result.rel_residual > options.fallback_threshold
-        if use_subword.any():
-            out[use_subword] = subword_rows(ctx, which, missing[use_subword])
+        out[omp] = apply(ctx, which, plan.indices[at][omp], plan.coeffs[at][omp])
+        if not omp.all():
+            out[~omp] = subword_rows(ctx, which, missing.to(ctx.device)[~omp])
         return out

@@ -105,6 +105,10 @@ class Plan:
     global_ids: torch.Tensor
     global_w: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> Plan:
+        """The plan of the tokens at ``rows``."""
+        return Plan(self.local_ids[rows], self.local_w[rows], self.global_ids[rows], self.global_w[rows])
+
 
 def _char_lengths(strings: list[str]) -> torch.Tensor:
     return torch.tensor([len(s) for s in strings], dtype=torch.float32)
@@ -182,7 +186,7 @@ def build_plan(ctx: Context, missing: torch.Tensor, encoder: TextEncoder) -> Pla
 
 def apply_plan(ctx: Context, which: Which, plan: Plan, global_weight: float, batch_size: int) -> torch.Tensor:
     """Rows of ``ctx.base(which)`` mixed by the plan's weights, batched to bound the gather."""
-    base = ctx.base(which).to(ctx.device, torch.float32)
+    base = ctx.base(which)
     rows = torch.empty(len(plan.local_ids), base.shape[1], device=ctx.device)
     for start in range(0, len(rows), batch_size):
         part = slice(start, start + batch_size)
@@ -201,9 +205,12 @@ class TokenAdapt(MethodBase):
     name: ClassVar[str] = "tokenadapt"
     description: ClassVar[str] = "hybrid of subword pieces and text-embedding neighbours (auxiliary encoder)"
     Options: ClassVar[type] = TokenAdaptOptions
+    chunkable: ClassVar[bool] = True
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
+        """The plan is built once for every planned token (the encoder's batches and the
+        search depend on which strings go together) and applied to this call's tokens."""
         options: TokenAdaptOptions = ctx.options
-        plan = ctx.plan(self.name, missing, lambda: build_plan(
-            ctx, missing, TextEncoder(resolve_text_model(options.aux_model), ctx.device)))
-        return apply_plan(ctx, which, plan, options.global_weight, options.batch_size)
+        plan, at = ctx.plan_rows(self.name, missing, lambda ids: build_plan(
+            ctx, ids, TextEncoder(resolve_text_model(options.aux_model), ctx.device)))
+        return apply_plan(ctx, which, plan.select(at.to(ctx.device)), options.global_weight, options.batch_size)
