@@ -17,9 +17,11 @@ rank them the same way on every tokenizer tried:
 3. ``subword`` is the floor: when the text encoder behind ``tokenadapt`` cannot be had
    (offline, never fetched), every row that would be its comes from the token's pieces.
    It is also the row of every token a text encoder cannot read (:func:`readable`): a piece
-   of a UTF-8 character, or no letter at all (whitespace runs, punctuation, digits). Their
-   neighbours in a sentence encoder's space are noise, while their pieces are exact; on
-   Japanese text `tokenadapt` was ×1.19 worse than `subword` for this reason.
+   of a UTF-8 character (the encoder sees U+FFFD) or whitespace alone (it sees nothing).
+   Their neighbours in a sentence encoder's space are noise, while their pieces are exact:
+   on Japanese and Chinese text, and on indented code, `tokenadapt` lost to `subword` for
+   this. Digits and punctuation are read well enough: giving them `subword` rows instead
+   cost German text ×1.19 (docs/results.md).
 
 ``method_report`` says where the rows came from (counts per source and matrix) and why.
 """
@@ -27,7 +29,6 @@ rank them the same way on every tokenizer tried:
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,13 +76,13 @@ def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
 
 
 def readable(surface: bytes) -> bool:
-    """Whether a sentence encoder can tell what the token means: whole UTF-8 characters, at
-    least one of them a letter."""
+    """Whether a sentence encoder sees what the token writes: whole UTF-8 characters, not
+    whitespace alone."""
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return any(unicodedata.category(c).startswith("L") for c in text)
+    return not text.isspace()
 
 
 def _rows_of(name: str, ctx: Context, options: object, which: Which, missing: torch.Tensor) -> torch.Tensor:
