@@ -131,6 +131,25 @@ def mixed_match(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory):
     return match_vocabularies(bpe_tokenizer(corpus_file), bpe_tokenizer(path, vocab_size=400))
 
 
+def test_special_tokens_never_take_omp_rows(corpus_file: Path, encoder_dir: Path) -> None:
+    """Unused special tokens (Gemma-3 has 6,242) have untrained donor rows that anchors explain
+    exactly; OMP's rows for them took probability from real tokens in a tied head."""
+    new = bpe_tokenizer(corpus_file, vocab_size=320)
+    new.add_special_tokens({"additional_special_tokens": [f"<unused{i}>" for i in range(6)]})
+    match = match_vocabularies(bpe_tokenizer(corpus_file), new)
+    unused = torch.tensor([i for i in match.missing.tolist() if match.new_vocab.special[i]])
+    assert len(unused) == 6
+    ctx = make_context(match)
+    ctx.donor_output[unused] = ctx.donor_output[match.copy_new[:6]]  # an anchor's row: residual 0
+    options = AutoOptions(registered=False, omp_threshold=1.0, aux_model=str(encoder_dir))
+    auto = dataclasses.replace(ctx, options=options, report={})
+    got = registry.get("auto")().init_rows(auto, "output", match.missing)
+    guess = rows("tokenadapt", ctx, registry.get("tokenadapt").Options(aux_model=str(encoder_dir)), "output")
+    is_unused = torch.isin(match.missing, unused)
+    assert torch.equal(got[is_unused], guess[is_unused])
+    assert auto.report["sources"]["output"]["omp"] == int((~is_unused).sum())
+
+
 def test_tokens_a_text_encoder_cannot_read_take_subword_rows(mixed_match, encoder_dir: Path) -> None:
     """Pieces of a UTF-8 character and whitespace runs: their neighbours in the encoder's space
     are noise, their pieces exact (tokenadapt lost to subword on Japanese and code for this)."""
