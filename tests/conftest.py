@@ -226,3 +226,16 @@ def assert_refused(result, fragment: str) -> None:
     errors = [line for line in lines if line.startswith("error:")]
     assert errors == [lines[-1]] and fragment in errors[0] and "Traceback" not in result.output, result.output
     assert not any(line.startswith("scoring") for line in lines), result.output
+
+
+def checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every weight of a saved checkpoint by name, whatever its sharding."""
+    from safetensors import safe_open
+
+    from transplant.io.checkpoint import weight_files
+
+    found = {}
+    for name, path in weight_files(directory).items():
+        with safe_open(path, "pt") as f:
+            found[name] = f.get_tensor(name)
+    return found

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import bpe_tokenizer, tiny_llama
+from conftest import bpe_tokenizer, checkpoint_tensors, tiny_llama
 from test_methods import make_context, with_options
 from transplant import matrices
-from transplant.io.checkpoint import weight_files
 from transplant.io.tokenizer import load_tokenizer
 from transplant.matrices import build_matrices
 from transplant.methods import registry
@@ -81,13 +79,6 @@ def bfloat16_model(directory: Path) -> Path:
     return directory
 
 
-def read(directory: Path) -> dict[str, torch.Tensor]:
-    found = {}
-    for name, path in weight_files(directory).items():
-        with safe_open(path, "pt") as f:
-            found[name] = f.get_tensor(name)
-    return found
-
 
 @pytest.mark.parametrize("method", ["subword", "random"])
 def test_bfloat16_in_bfloat16_out(corpus_file: Path, sp_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -100,7 +91,7 @@ def test_bfloat16_in_bfloat16_out(corpus_file: Path, sp_model: Path, tmp_path: P
     transplant(cfg)
     monkeypatch.setattr(matrices, "CHUNK_BYTES", 3 * 4 * 32)
     transplant(TransplantConfig(base=str(base), tokenizer=str(sp_model), out=tmp_path / "parts", method=method))
-    before, after, parts = read(base), read(cfg.out), read(tmp_path / "parts")
+    before, after, parts = checkpoint_tensors(base), checkpoint_tensors(cfg.out), checkpoint_tensors(tmp_path / "parts")
     assert after.keys() == before.keys() == parts.keys()
     assert all(t.dtype == torch.bfloat16 for t in after.values())
     match = match_vocabularies(base_tokenizer, load_tokenizer(str(cfg.out)))  # NEW with the base's chat markers

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from conftest import bpe_tokenizer, make_text, tiny_llama
+from conftest import bpe_tokenizer, checkpoint_tensors, make_text, tiny_llama
 from transplant import api
 from transplant import hydra
 from transplant.cli import app
@@ -38,13 +38,6 @@ def other_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tensors(directory: Path) -> dict[str, torch.Tensor]:
-    found = {}
-    for name, path in weight_files(directory).items():
-        with safe_open(path, "pt") as f:
-            found[name] = f.get_tensor(name)
-    return found
-
 
 def other_files(directory: Path) -> dict[str, bytes]:
     """Every file but the weights and transplant.json: configs, tokenizer files, initialized rows."""
@@ -60,7 +53,7 @@ def record(directory: Path) -> dict:
 
 
 def assert_same_checkpoint(selected: Path, separate: Path) -> None:
-    mine, theirs = tensors(selected), tensors(separate)
+    mine, theirs = checkpoint_tensors(selected), checkpoint_tensors(separate)
     assert mine.keys() == theirs.keys()
     for name in theirs:
         assert mine[name].dtype == theirs[name].dtype and torch.equal(mine[name], theirs[name]), name
