@@ -188,13 +188,14 @@ def test_auto_is_the_default_and_takes_new_s_own_model_as_donor(corpus_file: Pat
     monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))  # no hypernetwork registered by other tests
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=True)
     donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=360), tmp_path / "donor", tied=True, seed=5)
-    for new, expect_donor in ((sp_model, False), (donor, True)):
-        out = tmp_path / f"out-{expect_donor}"
-        result = runner.invoke(app, ["model", str(base), "--tokenizer", str(new), "-o", str(out)])
+    runs = ((sp_model, [], False, False), (donor, [], True, False), (donor, ["--omp-threshold", "1.0"], True, True))
+    for i, (new, flags, expect_donor, expect_omp) in enumerate(runs):
+        out = tmp_path / f"out-{i}"
+        result = runner.invoke(app, ["model", str(base), "--tokenizer", str(new), "-o", str(out), *flags])
         assert result.exit_code == 0, result.output
         record = json.loads((out / "transplant.json").read_text())
         assert record["method"] == "auto" and (record["donor"] is not None) == expect_donor
-        assert ("omp" in record["method_report"]["sources"]["input"]) == expect_donor
+        assert ("omp" in record["method_report"]["sources"]["input"]) == expect_omp
 
 
 def test_hypernet_list_shows_what_was_registered(match, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

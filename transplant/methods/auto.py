@@ -8,12 +8,10 @@ rank them the same way on every tokenizer tried:
    bits per byte of its own training log). It is the
    best zero-shot method wherever one exists, so every missing row comes from it.
 2. Without one, ``tokenadapt`` gives every missing row (text-embedding neighbours blended
-   with the token's pieces), and where a donor model is available (``--donor``, or NEW names
-   a model) the rows of tokens the donor explains well are ``omp``'s instead: tokens whose
-   donor row a sparse mix of shared anchors reproduces within ``--omp-threshold`` relative
-   residual. OMP copies what the donor knows; on badly explained tokens (whitespace runs,
-   partial UTF-8 pieces) it is worse than a guess from the spelling, so those keep the
-   ``tokenadapt`` row.
+   with the token's pieces). With ``--omp-threshold T`` above 0 and a donor model at hand
+   (``--donor``, or NEW names a model), tokens whose donor row a sparse mix of shared anchors
+   reproduces within relative residual T take ``omp``'s row instead. Off by default: at 0.3
+   those rows gained ×0.9998 on one pair and cost ×1.003 on another (docs/results.md).
 3. ``subword`` is the floor: when the text encoder behind ``tokenadapt`` cannot be had
    (offline, never fetched), every row that would be its comes from the token's pieces.
    It is also the row of every token a text encoder cannot read (:func:`readable`): a piece
@@ -47,7 +45,7 @@ from transplant.methods.registry import get, register
 class AutoOptions:
     hypernet: Optional[str] = None  # a zett HN_DIR; None = the best registered one that fits the base
     registered: bool = True  # look for a registered hypernetwork when --hypernet is not given
-    omp_threshold: float = 0.3  # donor tokens with OMP relative residual at most this take OMP's row
+    omp_threshold: float = 0.0  # > 0: donor tokens with OMP relative residual at most this take OMP's row
     aux_model: Optional[str] = None  # tokenadapt's text encoder (default: the packaged MiniLM)
 
     def __post_init__(self) -> None:
@@ -98,7 +96,7 @@ def _rows_of(name: str, ctx: Context, options: object, which: Which, missing: to
 class Auto(MethodBase):
     name: ClassVar[str] = "auto"
     description: ClassVar[str] = ("the best the inputs allow: zett with a hypernetwork for the base, else tokenadapt "
-                                  "with omp rows where a donor explains the token well; subword as the floor")
+                                  "(subword rows where a text encoder sees nothing); subword as the floor")
     Options: ClassVar[type] = AutoOptions
     uses_donor: ClassVar[bool] = True
 
@@ -113,7 +111,7 @@ class Auto(MethodBase):
                                 _rows_of("zett", ctx, ZettOptions(hypernet=str(hypernet)), which, missing))
         rows, source = self._guess_rows(ctx, which, missing, options)
         explained = torch.zeros(len(missing), dtype=torch.bool)
-        if ctx.donor_input is not None:
+        if ctx.donor_input is not None and options.omp_threshold > 0:
             explained = self._explained_by_donor(ctx, which, missing, options, rows)
         unreadable = torch.tensor([not readable(ctx.match.new_vocab.surfaces[i]) for i in missing.tolist()],
                                   dtype=torch.bool)
