@@ -154,8 +154,9 @@ def test_unknown_method_and_option(base_model: Path, sp_model: Path, tmp_path: P
 
 
 def export_caught_mid_write(corpus_file: Path, sp_model: Path, tmp_path: Path) -> subprocess.Popen:
-    """A CLI transplant of a model large enough to catch, returned once its temp dir appears."""
-    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6, max_shard_size="2MB")
+    """A CLI transplant of a model large enough to catch, returned once its temp dir appears.
+    One shard, rewritten whole: a sharded body would be hard-linked in an instant."""
+    base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=False, hidden=512, layers=6)
     proc = subprocess.Popen([sys.executable, "-m", "cli", "model", str(base), "-t", str(sp_model), "-o", str(tmp_path / "out")],
                             cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
