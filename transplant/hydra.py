@@ -39,7 +39,7 @@ from transplant.io.checkpoint import RECORD_FILE, write_record, write_vocabulary
 from transplant.io.shards import read_header, torch_tensor, write_shard
 from transplant.io.tokenizer import load_tokenizer
 from transplant.io.trust import read_json
-from transplant.pipeline import Base, TransplantConfig, check_config, load_base, new_vocabulary
+from transplant.pipeline import Base, TransplantConfig, TransplantSettings, check_config, load_base, new_vocabulary
 from transplant.progress import Stages
 
 HYDRA_FILE = "hydra.json"
@@ -51,21 +51,12 @@ _TOKENIZER_SUFFIXES = (".model", ".json", ".gguf")
 
 
 @dataclass
-class HydraConfig:
-    """One base, several new tokenizers (``REF`` or ``NAME=REF``), the options of one transplant."""
+class HydraConfig(TransplantSettings):
+    """One base, several new tokenizers (``REF`` or ``NAME=REF``), the settings of one transplant."""
 
     base: str
     tokenizers: list[str]
     out: Path
-    method: str = "auto"
-    options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    force: bool = False
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    device: str = "cpu"
-    chat_template: str = "base"
-    pad_to_multiple_of: int = 1
 
     def vocabularies(self) -> dict[str, TransplantConfig]:
         """Name -> the config of the separate transplant this vocabulary must equal."""
@@ -77,12 +68,8 @@ class HydraConfig:
             if name in configs:
                 raise UserError(f"two vocabularies are named {name!r} ({configs[name].tokenizer} and {ref}): "
                                 f"name them, e.g. --tokenizer {name}-2={ref}")
-            configs[name] = TransplantConfig(
-                base=self.base, tokenizer=ref, out=self.out / HEADS / name, method=self.method,
-                options=dict(self.options), seed=self.seed, allow_pickle=self.allow_pickle,
-                trust_remote_code=self.trust_remote_code, device=self.device, chat_template=self.chat_template,
-                pad_to_multiple_of=self.pad_to_multiple_of,
-            )
+            configs[name] = TransplantConfig(base=self.base, tokenizer=ref, out=self.out / HEADS / name,
+                                             **{**self.settings(), "force": False})
         return configs
 
 

@@ -35,14 +35,13 @@ from transplant.vocab.numbers import compare_numbers
 MAX_PAD_MULTIPLE = 1 << 16
 
 
-@dataclass
-class TransplantConfig:
-    base: str
-    tokenizer: str
-    out: Path
+@dataclass(kw_only=True)
+class TransplantSettings:
+    """How a base gets a new vocabulary, whatever the vocabulary: shared by one transplant
+    (:class:`TransplantConfig`) and a Hydra model's heads (:class:`transplant.hydra.HydraConfig`)."""
+
     method: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
-    donor: str | None = None
     seed: int = 0
     force: bool = False
     allow_pickle: bool = False
@@ -50,11 +49,24 @@ class TransplantConfig:
     device: str = "cpu"
     chat_template: ChatMode = "base"
     pad_to_multiple_of: int = 1
-    gguf: str | None = None  # also write OUT/model-<gguf>.gguf (f16, bf16, q8_0)
 
     @property
     def trust(self) -> Trust:
         return Trust(remote_code=self.trust_remote_code, pickle=self.allow_pickle)
+
+    def settings(self) -> dict[str, Any]:
+        """These fields by name (``options`` copied), to build another config from."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TransplantSettings)} | \
+            {"options": dict(self.options)}
+
+
+@dataclass
+class TransplantConfig(TransplantSettings):
+    base: str
+    tokenizer: str
+    out: Path
+    donor: str | None = None
+    gguf: str | None = None  # also write OUT/model-<gguf>.gguf (f16, bf16, q8_0)
 
 
 @dataclass
