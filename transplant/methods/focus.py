@@ -147,8 +147,7 @@ class Focus(MethodBase):
         support = (plan.weights[plan.placed] > 0).sum(1).float()
         ctx.report.update(placed=int(plan.placed.sum()), no_vector=int((~plan.placed).sum()), anchors=plan.anchors,
                           mean_support=round(support.mean().item(), 2) if len(support) else 0.0)
-        base = ctx.base(which).to(ctx.device, torch.float32)
-        rows = mix_rows(base, plan.ids.to(ctx.device), plan.weights.to(ctx.device))
+        rows = mix_rows(ctx.base(which), plan.ids.to(ctx.device), plan.weights.to(ctx.device))  # gathers, then casts
         if not plan.placed.all():
             rows[~plan.placed.to(ctx.device)] = fallback_rows(ctx, which, missing[~plan.placed], ctx.options.no_vector)
         return rows

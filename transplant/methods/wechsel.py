@@ -190,8 +190,7 @@ class Wechsel(MethodBase):
         plan: Plan = ctx.plan(self.name, missing, lambda: build_plan(ctx, missing))
         ctx.report.update(placed=int(plan.placed.sum()), no_vector=int((~plan.placed).sum()),
                           dictionary_pairs=plan.pairs)
-        base = ctx.base(which).to(ctx.device, torch.float32)
-        rows = mix_rows(base, plan.ids.to(ctx.device), plan.weights.to(ctx.device))
+        rows = mix_rows(ctx.base(which), plan.ids.to(ctx.device), plan.weights.to(ctx.device))  # gathers, then casts
         if not plan.placed.all():
             rows[~plan.placed.to(ctx.device)] = fallback_rows(ctx, which, missing[~plan.placed], ctx.options.no_vector)
         return rows
