@@ -113,8 +113,8 @@ class Auto(MethodBase):
         explained = torch.zeros(len(missing), dtype=torch.bool)
         if ctx.donor_input is not None and options.omp_threshold > 0:
             explained = self._explained_by_donor(ctx, which, missing, options, rows)
-        unreadable = torch.tensor([not readable(ctx.match.new_vocab.surfaces[i]) for i in missing.tolist()],
-                                  dtype=torch.bool)
+        unreadable = ctx.plan("auto:unreadable", missing, lambda: torch.tensor(
+            [not readable(ctx.match.new_vocab.surfaces[i]) for i in missing.tolist()], dtype=torch.bool))
         if unreadable.any():
             rows[unreadable.to(rows.device)] = subword_rows(ctx, which, missing[unreadable]).to(rows.device, rows.dtype)
         counts = Counter({"omp": int((explained & ~unreadable).sum()), source: int((~explained & ~unreadable).sum())})
