@@ -144,6 +144,19 @@ def load_hypernet(directory: Path, tokens: Sequence[str | None], base_input: tor
     return model.eval(), relation
 
 
+def hypernet_for(ctx: Context, directory: Path) -> HyperNetwork:
+    """The hypernetwork in ``directory`` loaded for this transplant, once: the first call
+    checks it fits the base (:func:`load_hypernet`, a one-line refusal if not), records the
+    base check and keeps it on ``ctx.device``; later calls (the other matrix, or ``auto`` after
+    picking it) reuse it."""
+    key = f"zett:{Path(directory).resolve()}"
+    if key not in ctx.cache:
+        model, ctx.report["base_check"] = load_hypernet(Path(directory), ctx.match.base_vocab.tokens,
+                                                        ctx.base_input, ctx.base_output)
+        ctx.cache[key] = model.to(ctx.device)
+    return ctx.cache[key]
+
+
 @dataclass(frozen=True)
 class ZettOptions:
     hypernet: str = ""  # a directory written by `transplant hypernet train`
@@ -166,11 +179,7 @@ class Zett(MethodBase):
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         """Predicted rows, in batches of tokens sorted by piece count (little padding)."""
-        if "zett" not in ctx.cache:
-            tokens = ctx.match.base_vocab.tokens
-            model, ctx.report["base_check"] = load_hypernet(Path(ctx.options.hypernet), tokens, ctx.base_input, ctx.base_output)
-            ctx.cache["zett"] = model.to(ctx.device)
-        model: HyperNetwork = ctx.cache["zett"]
+        model = hypernet_for(ctx, Path(ctx.options.hypernet))
         lengths = torch.tensor([len(ctx.match.decompose(i)) for i in missing.tolist()])
         rows = torch.empty(len(missing), ctx.base(which).shape[1], device=ctx.device)
         with torch.inference_mode():

@@ -64,6 +64,26 @@ def test_the_newest_registered_hypernetwork_that_fits_the_base_is_found(match, t
     assert "hypernet" not in unregistered.report
 
 
+def test_the_registered_hypernetwork_auto_picks_is_loaded_once(match, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding the network loads it (the fit is the loader's check); its rows for both
+    matrices then come from that load, not from reading the directory again."""
+    from transplant.hypernet import zett
+
+    monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))  # only this test's network registered
+    ctx = make_context(match)
+    hn = random_hypernet(ctx, tmp_path / "hn")
+    catalog.remember(hn, "zett", "base")
+    loads: list[Path] = []
+    real = zett.load_hypernet
+    monkeypatch.setattr(zett, "load_hypernet", lambda directory, *rest: loads.append(directory) or real(directory, *rest))
+    auto = dataclasses.replace(ctx, options=AutoOptions(), report={}, cache={})
+    for which in ("input", "output"):
+        registry.get("auto")().init_rows(auto, which, match.missing)
+    assert [p.resolve() for p in loads] == [hn.resolve()]
+    assert auto.report["base_check"]["relation"] == "same"
+
+
 def write_log(hn: Path, *bpb: float) -> None:
     """A training log as the trainer writes it: step lines, and an eval line per evaluation."""
     lines = [{"step": 1, "loss": 5.0}] + [{"step": 10 * (i + 1), "eval": {"bpb": b, "bpb/en/man": b}} for i, b in enumerate(bpb)]
@@ -183,18 +203,21 @@ def test_without_a_text_encoder_subword_is_the_floor(match) -> None:
     assert auto.report["tokenadapt_unavailable"]
 
 
-def test_auto_is_the_default_and_takes_new_s_own_model_as_donor(corpus_file: Path, sp_model: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_the_default_and_loads_new_s_own_model_as_donor_only_for_omp_rows(
+        corpus_file: Path, sp_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP rows are off by default, so the donor is not loaded then (a Gemma-3-270M donor: ~7 s
+    and 0.7 GB for nothing); ``--omp-threshold`` above 0 loads NEW's own model and uses it."""
     monkeypatch.setenv("TRANSPLANT_CACHE", str(tmp_path / "cache"))  # no hypernetwork registered by other tests
     base = tiny_llama(bpe_tokenizer(corpus_file), tmp_path / "base", tied=True)
     donor = tiny_llama(bpe_tokenizer(corpus_file, vocab_size=360), tmp_path / "donor", tied=True, seed=5)
-    runs = ((sp_model, [], False, False), (donor, [], True, False), (donor, ["--omp-threshold", "1.0"], True, True))
+    runs = ((sp_model, [], False, False), (donor, [], False, False), (donor, ["--omp-threshold", "1.0"], True, True))
     for i, (new, flags, expect_donor, expect_omp) in enumerate(runs):
         out = tmp_path / f"out-{i}"
         result = runner.invoke(app, ["model", str(base), "--tokenizer", str(new), "-o", str(out), *flags])
         assert result.exit_code == 0, result.output
         record = json.loads((out / "transplant.json").read_text())
         assert record["method"] == "auto" and (record["donor"] is not None) == expect_donor
+        assert ("loading donor" in record["timings"]) == expect_donor
         assert ("omp" in record["method_report"]["sources"]["input"]) == expect_omp
 
 

@@ -173,7 +173,7 @@ def new_vocabulary(cfg: TransplantConfig, base: Base, stages: Stages) -> NewVoca
     with stages.run("loading new tokenizer"):
         new_tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust)
     donor_dir, donor = None, None
-    if method_cls.needs_donor or method_cls.uses_donor:
+    if method_cls.wants_donor(options):
         with stages.run("loading donor"):
             donor_dir, donor = _load_donor(cfg, new_tokenizer, method_cls.needs_donor) or (None, None)
     with stages.run("matching vocabularies"):

@@ -56,9 +56,9 @@ class AutoOptions:
 def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
     """The hypernetwork to use: the one given (which must fit), else the best registered zett
     network (:func:`~transplant.hypernet.catalog.ranked`) that loads for this base (the fit is
-    the loader's own check), else None."""
+    the loader's own check; the network found stays loaded for zett's rows), else None."""
     from transplant.hypernet import catalog
-    from transplant.hypernet.zett import load_hypernet
+    from transplant.hypernet.zett import hypernet_for
 
     if options.hypernet:
         return Path(options.hypernet)
@@ -66,7 +66,7 @@ def find_hypernet(ctx: Context, options: AutoOptions) -> Path | None:
         return None
     for entry in catalog.ranked("zett"):
         try:
-            load_hypernet(Path(entry.path), ctx.match.base_vocab.tokens, ctx.base_input, ctx.base_output)
+            hypernet_for(ctx, Path(entry.path))
         except UserError:
             continue
         return Path(entry.path)
@@ -99,6 +99,11 @@ class Auto(MethodBase):
                                   "(subword rows where a text encoder sees nothing); subword as the floor")
     Options: ClassVar[type] = AutoOptions
     uses_donor: ClassVar[bool] = True
+
+    @classmethod
+    def wants_donor(cls, options: AutoOptions) -> bool:
+        """Only OMP rows read the donor; with them off (the default) it is not loaded."""
+        return options.omp_threshold > 0
 
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         options: AutoOptions = ctx.options

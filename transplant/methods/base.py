@@ -132,6 +132,11 @@ class Method(Protocol):
     # the ids of the call (neighbours among the missing tokens themselves), may not.
     chunkable: ClassVar[bool]
 
+    @classmethod
+    def wants_donor(cls, options: Any) -> bool:
+        """Whether to load a donor for these options (one that only ``uses_donor`` may skip it)."""
+        ...
+
     def init_rows(self, ctx: Context, which: Which, missing: torch.Tensor) -> torch.Tensor:
         """Rows (len(missing), d_base) in float32 for the new ids in ``missing``."""
         ...
@@ -146,4 +151,8 @@ class MethodBase:
     needs_donor: ClassVar[bool] = False
     uses_donor: ClassVar[bool] = False
     chunkable: ClassVar[bool] = False
+
+    @classmethod
+    def wants_donor(cls, options: Any) -> bool:
+        return cls.needs_donor or cls.uses_donor
 
