@@ -263,7 +263,7 @@ def test_evaluate_scores_the_transplant(arch: str, tied: bool, bases, transplant
 def test_train_two_steps(arch: str, tied: bool, rows: str, transplants, texts: Path, tmp_path: Path) -> None:
     start = transplants(arch, tied, "subword")
     trained = transplant.train(start, corpus=[texts / "train.txt"], out=tmp_path / "trained", steps=2, rows=rows,
-                               lr=1e-2, warmup_steps=0, batch_size=2, seq_len=32, mixed_precision="no",
+                               stage2_steps=0, objective="lm", lr=1e-2, warmup_steps=0, batch_size=2, seq_len=32, mixed_precision="no",
                                shuffle_buffer=0)
     assert [s["steps"] for s in trained.stages] == [2]
     before = embedding_weights(AutoModelForCausalLM.from_pretrained(start))

@@ -42,7 +42,8 @@ def transplanted(base_model: Path, sp_model: Path, tmp_path_factory: pytest.Temp
 
 
 def config(model: Path, texts: Path, out: Path, **overrides) -> ContinuedConfig:
-    values = dict(model=str(model), corpus=[str(texts / "train.txt")], out=str(out), steps=5, warmup_steps=1, lr=1e-2,
+    values = dict(model=str(model), corpus=[str(texts / "train.txt")], out=str(out), objective="lm", stage2_steps=0,
+                  steps=5, warmup_steps=1, lr=1e-2,
                   batch_size=2, seq_len=32, mixed_precision="no", log_every=100, save_every=2, shuffle_buffer=0,
                   eval_corpus=str(texts / "dev.jsonl"), eval_docs=2, eval_length=64)
     return load_train_config(None, None, **(values | overrides))
@@ -254,6 +255,19 @@ def test_recipes_hold_known_training_keys(recipe: Path) -> None:
     spec = load_recipe(recipe)
     assert set(spec.train) <= {f.name for f in fields(ContinuedConfig)} and spec.out
     assert not any("debian-reference" in str(c) for c in spec.train["corpus"])  # the evaluation book
+
+
+SCHEDULE = ("objective", "steps", "warmup_steps", "lr", "stage2_steps", "stage2_lr", "batch_size", "seq_len")
+
+
+def test_the_defaults_are_the_schedule_measured_in_the_german_recipe() -> None:
+    """`transplant train MODEL --corpus F -o OUT` with no settings runs the schedule that
+    docs/results.md measured best (the German recipe's: ALM, 20 steps of new rows, 300 of every
+    weight), not stage 1 alone."""
+    measured = load_recipe(ROOT / "recipes" / "smollm2-german-tokenadapt.yaml").train
+    defaults = {f.name: f.default for f in fields(ContinuedConfig)}
+    assert {key: defaults[key] for key in SCHEDULE} == {key: measured[key] for key in SCHEDULE}
+    assert defaults["stage2_steps"] > 0 and defaults["objective"] == "alm"
 
 
 def crash_in_stage_one(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:

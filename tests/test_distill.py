@@ -27,7 +27,7 @@ def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def alm_task(model: Path, corpus: Path, out: Path, **overrides) -> ContinuedTask:
     cfg = load_train_config(None, None, **{
-        "model": str(model), "corpus": [str(corpus)], "out": str(out), "steps": 2, "batch_size": 2, "seq_len": 32,
+        "model": str(model), "corpus": [str(corpus)], "out": str(out), "steps": 2, "stage2_steps": 0, "batch_size": 2, "seq_len": 32,
         "mixed_precision": "no", "shuffle_buffer": 0, "objective": "alm", "rows": "all", **overrides})
     return ContinuedTask(cfg, 1, load_transplanted(cfg), [], make_accelerator(cfg))
 

@@ -78,7 +78,7 @@ def test_training_stops_in_one_line_on_a_non_finite_loss(nan_model: Path, tmp_pa
     corpus = tmp_path / "train.txt"
     corpus.write_text(make_text(seed=1, lines=200))
     cfg = load_train_config(None, None, model=str(nan_model), corpus=[str(corpus)], out=str(tmp_path / "trained"),
-                            steps=3, warmup_steps=1, batch_size=2, seq_len=16, mixed_precision="no",
+                            objective="lm", steps=3, stage2_steps=0, warmup_steps=1, batch_size=2, seq_len=16, mixed_precision="no",
                             shuffle_buffer=0)
     with pytest.raises(UserError, match="loss is nan at step 1") as e:
         train(cfg)

@@ -5,7 +5,7 @@
     done = transplant.model("smollm2-135m", "gemma3-270m", "out/smollm2-gemma3", method="omp")
     scores = transplant.evaluate(done.out, base="smollm2-135m", corpus="dev.jsonl")
     print(scores.ratio["overall"])                       # 1.0 = as good as the base
-    trained = transplant.train(done.out, corpus=["train.jsonl"], out="out/trained", objective="alm")
+    trained = transplant.train(done.out, corpus=["train.jsonl"], out="out/trained")
     hn_dir = transplant.hypernet.train("smollm2-135m", "out/hn", corpus=["train.jsonl"], steps=200)
 
 Each function checks its inputs before any model loads and raises
@@ -198,8 +198,8 @@ class TrainResult:
 
 def train(model: str | Path | None = None, corpus: Sequence[str | Path] | None = None, out: str | Path | None = None, *,
           config: str | Path | None = None, recipe: str | Path | None = None, **settings: Any) -> TrainResult:
-    """Continued pretraining of a transplanted ``model`` (stage 1: its new rows; stage 2 with
-    ``stage2_steps``: every weight). ``settings`` are the fields of
+    """Continued pretraining of a transplanted ``model`` (stage 1: its new rows; stage 2:
+    every weight; by default ALM, 20 + 300 steps). ``settings`` are the fields of
     :class:`transplant.training.continued.ContinuedConfig` (``steps``, ``lr``,
     ``objective="alm"``, ``eval_corpus``, …) and win over ``config`` / ``recipe`` YAML."""
     import json

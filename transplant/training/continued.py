@@ -10,7 +10,7 @@ own warmup + cosine, checkpoints and log (``RUN/stage1``, ``RUN/stage2``):
    every other row, read from the transplant's ``initialized.safetensors``. With zero
    gradient and no weight decay AdamW leaves a row exactly as it was, so copied rows stay
    bit for bit, and the network itself never changes.
-2. Optional (``stage2_steps``): everything learns, at the lower ``stage2_lr``.
+2. ``stage2_steps`` (0 = none): everything learns, at the lower ``stage2_lr``.
 
 The objective (``objective``) is the causal-LM loss on the training text (``lm``), or
 self-distillation from the base (``alm``, :mod:`transplant.training.distill`): the base
@@ -59,8 +59,20 @@ from transplant.training.loop import (
 
 @dataclass
 class ContinuedConfig(ObjectiveConfig):
-    """Everything ``transplant train`` reads; a ``--config`` YAML or a recipe's ``train:`` sets any of it."""
+    """Everything ``transplant train`` reads; a ``--config`` YAML or a recipe's ``train:`` sets any of it.
 
+    The defaults are the schedule that repaired most per CPU-minute in docs/results.md: ALM,
+    20 steps of stage 1 (new rows, lr 1e-3), then 300 of stage 2 (every weight, lr 1e-4),
+    4 x 128 tokens a step. Stage 1 alone, however long, leaves the network as it was and
+    flattens out; stage 2 with self-distillation teaches back what the base knew. On a GPU,
+    raise ``batch_size`` and ``seq_len``."""
+
+    objective: Literal["lm", "alm"] = "alm"
+    steps: int = 20
+    warmup_steps: int = 5
+    lr: float = 1e-3
+    batch_size: int = 4
+    seq_len: int = 128
     model: str = ""  # the transplanted model directory (`transplant model -o`)
     corpus: list[str] = field(default_factory=list)  # training text; never the evaluation book
     out: str = ""  # the trained checkpoint
@@ -75,8 +87,8 @@ class ContinuedConfig(ObjectiveConfig):
     # usual 1e-8 each of them still moved a full step per step, and German got worse while
     # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
     adam_eps: float = 1e-3
-    stage2_steps: int = 0  # 0 = no stage 2
-    stage2_lr: float = 3e-5
+    stage2_steps: int = 300  # 0 = no stage 2
+    stage2_lr: float = 1e-4
     eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base
     eval_groups: list[str] = field(default_factory=list)  # keep only these groups ([] = all)
     eval_docs: int = 16  # per group
