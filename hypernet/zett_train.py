@@ -69,7 +69,7 @@ from transplant.training.distill import (
 )
 from transplant.training.loop import (
     CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, refuse_sharding, run_directory, text_chunks,
+    make_accelerator, process_share, refuse_sharding, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -259,11 +259,13 @@ class HypernetTask:
             logits = step_logits(self.lm, table[inputs], mask, rows_out)[valid].float() + bias
             ce = F.cross_entropy(logits, local)
             lexical = self.lexical(pieces, rows_in, rows_out)
-        loss = ce + cfg.lexical_weight * lexical
+        share = functools.partial(process_share, self.accelerator)  # means over every process's tokens, chunks
+        ce_all = ce * share(valid.sum())
+        loss = ce_all + cfg.lexical_weight * lexical
         metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(vocab.size), "rows": float(len(selected))}
         if pair is not None:
             alm = self.distill(logits, local, valid, vocab.starts_word(selected), pair)
-            loss = cfg.alm_weight * alm.loss + cfg.lm_weight * ce + cfg.lexical_weight * lexical
+            loss = cfg.alm_weight * alm.loss * share(alm.num_chunks) + cfg.lm_weight * ce_all + cfg.lexical_weight * lexical
             metrics |= {"alm": alm.loss.item(), "chunks": float(alm.num_chunks), "chunk_gap": alm.mean_abs_logp_diff.item()}
         return StepOutput(loss, int(valid.sum()), metrics)
 

@@ -122,18 +122,14 @@ train(load_train_config(None, None, **settings, resume=True))
 """
 
 
-# A step's loss is the mean of its micro-batches' losses. The LM loss of a micro-batch averages a
-# fixed number of tokens, so one process with micro-batches of 4 trains what two processes with
-# 2 each do. ALM's averages the chunks its texts share with the teacher's tokenization, which
-# vary (2-5 per text here), so only the same micro-batches give the same step: for ALM the one
-# process runs 4 micro-batches of 2, the texts the two processes' 2 x 2 hold.
 @pytest.mark.parametrize("objective", ["lm", "alm"])
 def test_two_process_fsdp_trains_evaluates_resumes_and_exports_what_one_process_does(model: Path, texts: Path,
                                                                                      tmp_path: Path, objective: str) -> None:
-    """ALM too: each process holds its own frozen teacher beside the sharded student."""
-    same_micro_batches = {"lm": {"batch_size": 4}, "alm": {"batch_size": 2, "grad_accum": 4}}[objective]
-    one = settings(model, texts, tmp_path / "one", 4, objective) | same_micro_batches
-    train(load_train_config(None, None, **one))
+    """ALM too: each process holds its own frozen teacher beside the sharded student, and a
+    micro-step's loss averages the chunks of every process's texts (the tiny texts here share
+    2-5 chunks each with the teacher's tokenization, so a per-process mean would weigh them
+    differently from one process reading all of them)."""
+    train(load_train_config(None, None, **settings(model, texts, tmp_path / "one", 4, objective)))
 
     config = fsdp_config(tmp_path / "fsdp.yaml")
     script = tmp_path / "fsdp.py"

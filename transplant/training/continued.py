@@ -53,7 +53,7 @@ from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
     CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, pack, refuse_sharding, run_directory, text_chunks,
+    make_accelerator, pack, process_share, refuse_sharding, run_directory, text_chunks,
 )
 
 
@@ -284,10 +284,12 @@ class ContinuedTask:
         alm = distill_loss(logits, teacher_logits, pair, self.reader, teacher.reader, teacher.config)
         labels = student.labels
         lm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        tokens = int((labels >= 0).sum())
+        tokens = labels.ge(0).sum()
         metrics = {"alm": alm.loss.item(), "lm": lm.item(), "chunks": float(alm.num_chunks),
                    "chunk_gap": alm.mean_abs_logp_diff.item()}
-        return StepOutput(self.cfg.alm_weight * alm.loss + self.cfg.lm_weight * lm, tokens, metrics)
+        share = functools.partial(process_share, self.accelerator)  # means over every process's chunks, tokens
+        loss = self.cfg.alm_weight * alm.loss * share(alm.num_chunks) + self.cfg.lm_weight * lm * share(tokens)
+        return StepOutput(loss, int(tokens), metrics)
 
     @functools.cached_property
     def reader(self) -> Reader:

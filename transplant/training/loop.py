@@ -407,6 +407,23 @@ def step_seed(seed: int, step: int, micro: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def process_share(accelerator: Accelerator, count: torch.Tensor) -> torch.Tensor:
+    """This process's share of a micro-step's ``count`` (tokens, chunks: what a loss term
+    averages over) times the number of processes; 1 for one process.
+
+    Gradients are averaged over processes, so a term's mean over this process's items times
+    its share is the mean over every process's items: the step one process reading all the
+    texts would take. Where counts vary between processes (ALM's chunks per text, a sampled
+    tokenizer's tokens), each process's mean would otherwise weigh its items by how few it has.
+    (Micro-steps of one optimizer step, with ``grad_accum`` > 1, are still averaged as they
+    come: ALM's chunk count is known only after the teacher's pass of each.)"""
+    processes = accelerator.num_processes
+    if processes == 1:
+        return torch.ones((), device=count.device)
+    total = accelerator.reduce(count.detach().to(accelerator.device, torch.float32), "sum")
+    return count.to(total) * processes / total.clamp_min(1)
+
+
 # --- the loop ----------------------------------------------------------------------------
 
 
