@@ -34,7 +34,8 @@ def time_steps(model: str, corpus: str, objective: str, steps: int, batch: int, 
     for step in range(steps + 1):  # the first step warms up (allocations, cached readers)
         examples = [next(stream) for _ in range(batch)]
         started = time.perf_counter()
-        result = task.loss(task.model, examples, step, 0)
+        prepared = task.prepare(examples, step, 0)
+        result = task.loss(task.model, prepared, {name: torch.ones(()) for name in prepared.counts})
         result.loss.backward()
         task.model.zero_grad(set_to_none=True)
         if step:

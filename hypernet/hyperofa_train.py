@@ -40,7 +40,7 @@ from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
 from transplant.training.loop import (
-    StepOutput, config_dict, fit, make_accelerator, refuse_sharding, run_directory,
+    MicroBatch, StepOutput, config_dict, fit, make_accelerator, refuse_sharding, run_directory,
 )
 
 
@@ -161,11 +161,14 @@ class HyperOfaTask:
             figures[f"cos/{name}"] = cosine.diagonal().mean().item()
         return total / len(predicted), figures
 
-    def loss(self, model: torch.nn.Module, examples: list[int], step: int, seed: int) -> StepOutput:
+    def prepare(self, examples: list[int], step: int, seed: int) -> MicroBatch:
+        """The words' ids (every micro-step holds ``batch_size`` of them: equal counts need no weights)."""
         self.step = step + 1
-        ids = torch.tensor(examples, dtype=torch.long)
-        loss, figures = self.objective(self.predict(model, ids), ids)
-        return StepOutput(loss, len(ids), figures)
+        return MicroBatch(torch.tensor(examples, dtype=torch.long))
+
+    def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        loss, figures = self.objective(self.predict(model, batch.inputs), batch.inputs)
+        return StepOutput(loss, len(batch.inputs), figures)
 
     @torch.no_grad()
     def evaluate(self, model: HyperOfaNetwork) -> dict[str, float]:

@@ -62,14 +62,16 @@ from transplant.progress import scoring_lines
 from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
-from transplant.training.alm import ALMOutput, boundary_logprobs, boundary_token_mask, token_logprobs
+from transplant.training.alm import (
+    ALMOutput, TeacherChunks, alm_against, boundary_logprobs, boundary_token_mask, token_logprobs,
+)
 from transplant.training.distill import (
-    Encoder, ObjectiveConfig, Pair, Reader, Side, Teacher, boundary_tokens, distill_loss_from_logprobs, encode_side,
+    Encoder, ObjectiveConfig, Pair, Reader, Side, Teacher, boundary_tokens, encode_side,
     hf_encoder, hf_reader, read_pair, tokenizers_encoder,
 )
 from transplant.training.loop import (
-    CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, process_share, refuse_sharding, run_directory, text_chunks,
+    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit,
+    make_accelerator, refuse_sharding, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
 
@@ -165,6 +167,22 @@ class StepVocab:
     starts_word: Callable[[torch.Tensor], torch.Tensor]  # ids -> (n,) bool on the CPU
 
 
+@dataclass
+class Drawn:
+    """What a micro-step drew, before any gradient: the text in the step's tokenizer, the rows
+    to predict, and (``alm``) the teacher's chunks."""
+
+    tokens: torch.Tensor  # (B, T) ids in the step's vocabulary, NO_TOKEN pads
+    valid: torch.Tensor  # (B, T) bool: real tokens
+    local: torch.Tensor  # (valid,) each token's index among the selected rows
+    selected: torch.Tensor  # (rows,) the step vocabulary's ids whose rows are predicted, positives first
+    bias: torch.Tensor  # (rows,) each candidate's logit correction
+    pieces: torch.Tensor  # (rows, pieces) their spellings in base tokens, -1 padded
+    starts_word: torch.Tensor  # (rows,) bool, on the CPU
+    vocab_size: int
+    chunks: TeacherChunks | None = None
+
+
 class HypernetTask:
     """The hypernetwork trainer's side of :func:`transplant.training.loop.fit`."""
 
@@ -231,12 +249,12 @@ class HypernetTask:
 
     # --- the step -----------------------------------------------------------------------
 
-    def loss(self, model: torch.nn.Module, texts: list[str], step: int, seed: int) -> StepOutput:
-        """One micro-step on this process's ``texts``. Its tokenizer and the rows it predicts are
-        the global batch's (every process's texts, gathered), as one process would draw them for
-        the whole batch; with the same ``seed`` everywhere, each process then draws the same ones."""
-        cfg, device = self.cfg, self.accelerator.device
-        rng = np.random.default_rng(seed)
+    def prepare(self, texts: list[str], step: int, seed: int) -> MicroBatch:
+        """One micro-step on this process's ``texts``: the step's tokenizer, the texts in it, the
+        rows to predict and (``alm``) the teacher's chunks. The tokenizer and the rows are the
+        global batch's (every process's texts, gathered), as one process would draw them for
+        the whole batch; with the same ``seed`` everywhere, each process draws the same ones."""
+        device, rng = self.accelerator.device, np.random.default_rng(seed)
         self.sampler.push(gather_object(texts))
         vocab = self.step_vocab(step, rng)
         side, pair = self.read(texts, vocab)
@@ -244,11 +262,22 @@ class HypernetTask:
         valid = tokens != NO_TOKEN
         positives = torch.tensor(sorted(set(gather_object(tokens[valid].unique().tolist()))), dtype=torch.long,
                                  device=device)
-        local = torch.searchsorted(positives, tokens[valid])
         selected, bias = self.candidates(positives, vocab, rng)
-        pieces = padded_ids(vocab.pieces(selected)).to(device)
+        drawn = Drawn(tokens, valid, torch.searchsorted(positives, tokens[valid]), selected, bias,
+                      padded_ids(vocab.pieces(selected)).to(device), vocab.starts_word(selected), vocab.size)
+        counts = {"tokens": valid.sum()}
+        if pair is not None:
+            drawn.chunks = self.teacher.chunks(pair, True, device, self.accelerator.autocast)
+            counts["chunks"] = drawn.chunks.count
+        return MicroBatch(drawn, counts)
+
+    def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        """The frozen LM reading the predicted rows: the cross-entropy (and ALM) as means over the
+        whole step's tokens (and chunks), plus the lexical term."""
+        cfg, drawn = self.cfg, batch.inputs
+        tokens, valid, local = drawn.tokens, drawn.valid, drawn.local
         with self.accelerator.autocast():
-            rows_in, rows_out = model(pieces)
+            rows_in, rows_out = model(drawn.pieces)
             rows_out = rows_in if rows_out is None else rows_out
             # position 0 reads the base's document prefix (BOS); position i + 1 reads token i
             table = torch.cat([self.model.base_input[self.prefix].unsqueeze(0), rows_in]) * self.embed_scale
@@ -256,35 +285,29 @@ class HypernetTask:
             token_rows[valid] = local + 1
             inputs = torch.cat([torch.zeros_like(tokens[:, :1]), token_rows[:, :-1]], dim=1)
             mask = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], dim=1).long()
-            logits = step_logits(self.lm, table[inputs], mask, rows_out)[valid].float() + bias
+            logits = step_logits(self.lm, table[inputs], mask, rows_out)[valid].float() + drawn.bias
             ce = F.cross_entropy(logits, local)
-            lexical = self.lexical(pieces, rows_in, rows_out)
-        share = functools.partial(process_share, self.accelerator)  # means over every process's tokens, chunks
-        ce_all = ce * share(valid.sum())
+            lexical = self.lexical(drawn.pieces, rows_in, rows_out)
+        ce_all = ce * share["tokens"]
         loss = ce_all + cfg.lexical_weight * lexical
-        metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(vocab.size), "rows": float(len(selected))}
-        if pair is not None:
-            alm = self.distill(logits, local, valid, vocab.starts_word(selected), pair)
-            loss = cfg.alm_weight * alm.loss * share(alm.num_chunks) + cfg.lm_weight * ce_all + cfg.lexical_weight * lexical
+        metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(drawn.vocab_size),
+                   "rows": float(len(drawn.selected))}
+        if drawn.chunks is not None:
+            alm = self.distill(logits, drawn)
+            loss = cfg.alm_weight * alm.loss * share["chunks"] + cfg.lm_weight * ce_all + cfg.lexical_weight * lexical
             metrics |= {"alm": alm.loss.item(), "chunks": float(alm.num_chunks), "chunk_gap": alm.mean_abs_logp_diff.item()}
-        return StepOutput(loss, int(valid.sum()), metrics)
+        return StepOutput(loss, int(batch.counts["tokens"]), metrics)
 
-    def distill(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, starts_word: torch.Tensor,
-                pair: Pair) -> ALMOutput:
-        """ALM against the base reading ``pair.teacher``: one more frozen forward of the LM.
-
-        ``logits`` (valid positions, candidates) are the sampled softmax of the step with the
-        candidates' corrections, ``targets`` each position's candidate, ``starts_word`` which
-        candidates begin a word: the log-probs ALM compares are the CE's estimates."""
-        teacher, device = self.teacher, self.accelerator.device
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = teacher.model(input_ids=pair.teacher.ids.to(device),
-                                           attention_mask=pair.teacher.attention.to(device)).logits
-        token_logp = on_grid(token_logprobs(logits, targets), valid)
+    def distill(self, logits: torch.Tensor, drawn: Drawn) -> ALMOutput:
+        """ALM against the base's chunks (its pass was in :meth:`prepare`). ``logits`` (valid
+        positions, candidates) are the sampled softmax of the step with the candidates'
+        corrections: the log-probs ALM compares are the CE's estimates."""
+        token_logp = on_grid(token_logprobs(logits, drawn.local), drawn.valid)
         boundary_logp = None
-        if teacher.config.debias:
-            boundary_logp = on_grid(boundary_logprobs(logits, starts_word.to(device)), valid)
-        return distill_loss_from_logprobs(token_logp, boundary_logp, teacher_logits, pair, teacher.reader, teacher.config)
+        if drawn.chunks.debiased:
+            boundary_logp = on_grid(boundary_logprobs(logits, drawn.starts_word.to(logits.device)), drawn.valid)
+        return alm_against(token_logp, drawn.chunks, temperature=self.teacher.config.temperature,
+                           student_boundary_logp=boundary_logp)
 
     def candidates(self, positives: torch.Tensor, vocab: StepVocab, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The ids whose rows this step predicts (positives first) and each one's logit correction.

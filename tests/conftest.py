@@ -239,3 +239,9 @@ def checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
         with safe_open(path, "pt") as f:
             found[name] = f.get_tensor(name)
     return found
+
+
+def micro_loss(task, examples, step: int = 0, seed: int = 0):
+    """One micro-step alone, as `fit` runs it with one micro-step on one process (every share 1)."""
+    batch = task.prepare(list(examples), step, seed)
+    return task.loss(task.model, batch, {name: torch.ones(()) for name in batch.counts})

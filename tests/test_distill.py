@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_text
+from conftest import make_text, micro_loss
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.training.continued import ContinuedTask, load_train_config, load_transplanted
 from transplant.training.distill import hf_encoder, read_pair
@@ -44,13 +44,13 @@ def test_alm_is_zero_for_the_base_on_its_own_tokenizer_and_not_after_one_row_mov
     assert result.counts["initialized"] == 0
     task = alm_task(same, texts, tmp_path / "out", alm_debias=debias)
     batch = task.examples(0).__next__(), task.examples(0).__next__()
-    step = task.loss(task.model, list(batch), step=0, seed=0)
+    step = micro_loss(task, batch, step=0, seed=0)
     assert step.metrics["chunks"] > (1 if debias else 20)
     assert step.metrics["alm"] == 0.0 and step.metrics["chunk_gap"] == 0.0
     used = task.tokenizer(batch[0], add_special_tokens=False)["input_ids"][3]
     with torch.no_grad():
         task.model.get_input_embeddings().weight[used] += 0.5
-    assert task.loss(task.model, list(batch), step=0, seed=0).metrics["alm"] > 0.0
+    assert micro_loss(task, batch, step=0, seed=0).metrics["alm"] > 0.0
 
 
 def test_both_models_read_exactly_the_text_the_student_keeps(bpe_dir: Path, sp_model: Path) -> None:

@@ -102,22 +102,22 @@ def log(run: Path, stage: str) -> list[dict]:
 CRASH_AND_RESUME = """\
 from transplant.training.continued import ContinuedTask, load_train_config, train
 settings = {settings!r}
-real_loss = ContinuedTask.loss
+real_prepare = ContinuedTask.prepare
 
 class Crash(Exception):
     pass
 
-def crashing(self, model, examples, step, seed):
+def crashing(self, examples, step, seed):
     if self.stage == 2 and step == 1:
         raise Crash
-    return real_loss(self, model, examples, step, seed)
+    return real_prepare(self, examples, step, seed)
 
-ContinuedTask.loss = crashing
+ContinuedTask.prepare = crashing
 try:
     train(load_train_config(None, None, **settings))
 except Crash:
     pass
-ContinuedTask.loss = real_loss
+ContinuedTask.prepare = real_prepare
 train(load_train_config(None, None, **settings, resume=True))
 """
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import bpe_tokenizer, tiny_llama
+from conftest import bpe_tokenizer, micro_loss, tiny_llama
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler
 from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig
 from transplant.hypernet.fingerprint import BaseSample, base_hash
@@ -146,10 +146,10 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny: dict[str, Path], tmp_pa
     task = HypernetTask(cfg, make_accelerator(cfg))
     texts = list(task.examples(0))[:2]
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-2)
-    before = task.loss(task.model, texts, step=5, seed=7)  # step 5 > warm-up: a sampled tokenizer
+    before = micro_loss(task, texts, step=5, seed=7)  # step 5 > warm-up: a sampled tokenizer
     before.loss.backward()
     optimizer.step()
-    after = task.loss(task.model, texts, step=5, seed=7)
+    after = micro_loss(task, texts, step=5, seed=7)
     assert after.metrics["vocab"] == before.metrics["vocab"]  # same sampled tokenizer, same batch
     assert after.loss.item() < before.loss.item()
 
@@ -161,10 +161,10 @@ class Crash(Exception):
 class CrashingTask(HypernetTask):
     crash_at: int | None = None
 
-    def loss(self, model, texts, step, seed):
+    def prepare(self, texts, step, seed):
         if step == self.crash_at:
             raise Crash
-        return super().loss(model, texts, step, seed)
+        return super().prepare(texts, step, seed)
 
 
 def train_tiny(cfg: HypernetTrainConfig, crash_at: int | None = None) -> list[dict]:

@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import micro_loss
 from test_hypernet import tiny, tiny_config, train_tiny  # noqa: F401  (tiny: the module's fixture)
 from transplant.cli import app
 from transplant.hypernet.zett_train import HypernetTask
@@ -79,7 +80,7 @@ def test_alm_is_zero_when_the_rows_are_the_base_rows_and_not_after_one_moves(tin
     exactly its base row; with the whole vocabulary as candidates the student is the teacher
     (up to float rounding). Moving the predicted row of one token the text uses breaks that."""
     task, texts = alm_task(tiny, tmp_path / "hn", vocab_mode="full", alm_debias=debias)
-    same = task.loss(task.model, texts, step=0, seed=0)
+    same = micro_loss(task, texts, step=0, seed=0)
     assert same.metrics["chunks"] > (1 if debias else 20)
     assert same.metrics["alm"] == pytest.approx(0.0, abs=1e-9) and same.metrics["chunk_gap"] < 1e-5
 
@@ -90,13 +91,13 @@ def test_alm_is_zero_when_the_rows_are_the_base_rows_and_not_after_one_moves(tin
         return rows_in + 0.5 * (pieces[:, :1] == used), rows_out
 
     task.model.register_forward_hook(move_one_row)
-    moved = task.loss(task.model, texts, step=0, seed=0)
+    moved = micro_loss(task, texts, step=0, seed=0)
     assert moved.metrics["alm"] > 1e-6 and moved.metrics["chunk_gap"] > 1e-2
 
 
 def test_alm_gradients_reach_the_hypernetwork_not_the_lm(tiny: dict[str, Path], tmp_path: Path) -> None:
     task, texts = alm_task(tiny, tmp_path / "hn", lm_weight=0.0, lexical_weight=0.0)
-    step = task.loss(task.model, texts, step=5, seed=7)  # past the warm-up: a sampled tokenizer
+    step = micro_loss(task, texts, step=5, seed=7)  # past the warm-up: a sampled tokenizer
     step.loss.backward()
     assert step.metrics["alm"] > 0 and step.loss.item() == pytest.approx(100 * step.metrics["alm"], rel=1e-5)
     assert all(p.grad is None for p in task.lm.parameters())

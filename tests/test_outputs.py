@@ -143,7 +143,7 @@ def test_a_failed_forced_rerun_keeps_the_hypernetwork_directory(inputs: dict[str
     assert json.loads((hn / "config.json").read_text())["format"] == "transplant-zett-1"
     before = snapshot(hn)
 
-    def crash(self, model, texts, step, seed):
+    def crash(self, model, batch, share):
         raise Crash
 
     monkeypatch.setattr(HypernetTask, "loss", crash)

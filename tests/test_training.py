@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from transplant.errors import UserError
 from transplant.training.loop import (
-    StepOutput, Stream, TrainConfig, documents, fit, load_config, lr_factor, make_accelerator, pack, shuffled,
-    text_chunks,
+    MicroBatch, StepOutput, Stream, TrainConfig, documents, fit, load_config, lr_factor, make_accelerator, pack,
+    shuffled, text_chunks,
 )
 
 
@@ -110,15 +110,17 @@ class BigramTask:
         docs = [[2 + (start + 7 * i) % 48 for i in range(length)] for start, length in starts]  # learnable
         return pack(docs, seq_len=12, separator=1)
 
-    def loss(self, model, examples, step: int, seed: int) -> StepOutput:
+    def prepare(self, examples, step: int, seed: int) -> MicroBatch:
         if step == self.crash_at:
             raise Interrupted
         self.step = step + 1
-        batch = torch.stack(examples)
-        logits = model(batch[:, :-1])
         noise = torch.randn((), generator=torch.Generator().manual_seed(seed)) * 1e-3  # seeds must replay too
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()) + noise
-        return StepOutput(loss, batch[:, 1:].numel())
+        return MicroBatch((torch.stack(examples), noise))
+
+    def loss(self, model, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        ids, noise = batch.inputs
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()) + noise
+        return StepOutput(loss, ids[:, 1:].numel())
 
     def evaluate(self, model) -> dict[str, float]:
         return {"seen": float(self.step)}

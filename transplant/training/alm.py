@@ -447,31 +447,69 @@ def alm_distill_loss_from_logprobs(student_logp: torch.Tensor, teacher_logits: t
     """
     if (student_boundary_logp is None) != (teacher_boundary_tokens is None):
         raise ValueError("pass boundary log-probs for the student and a boundary-token mask for the teacher, or neither")
+    teacher = teacher_chunks(teacher_logits, teacher_targets, alignment,
+                             teacher_boundary_tokens=teacher_boundary_tokens, merge_threshold=merge_threshold)
+    return alm_against(student_logp, teacher, temperature=temperature, student_boundary_logp=student_boundary_logp)
+
+
+@dataclass
+class TeacherChunks:
+    """The teacher's side of one batch: everything ALM needs from it, and no gradient.
+
+    Computed apart from the student's side so that a trainer can run every teacher pass of an
+    optimizer step first: the number of chunks (which merging makes depend on the teacher's
+    boundary probabilities) is then known before the first backward, and each micro-step's
+    mean can be weighted by its share of the step's chunks."""
+
+    logp: torch.Tensor  # (B, C) chunk log-likelihoods (with the boundary term when debiased)
+    student_chunk_ids: torch.Tensor  # (B, T_s) the student's token -> chunk map after merging
+    mask: torch.Tensor  # (B, C) real chunks
+    debiased: bool
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Scalar long: the chunks compared."""
+        return self.mask.sum()
+
+
+@torch.no_grad()
+def teacher_chunks(teacher_logits: torch.Tensor, teacher_targets: torch.Tensor, alignment: ChunkAlignment, *,
+                   teacher_boundary_tokens: torch.Tensor | None = None,
+                   merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD) -> TeacherChunks:
+    """The teacher's chunk log-likelihoods; with a boundary-token mask, debiased and (unless
+    ``merge_threshold`` is None) with chunks merged where the teacher doubts a boundary."""
     num = alignment.max_chunks  # read on CPU, before the move: no device sync
-    alignment = alignment.to(student_logp.device)
+    alignment = alignment.to(teacher_logits.device)
     t_ids, s_ids = alignment.teacher_chunk_ids, alignment.student_chunk_ids
-    mask = torch.arange(num, device=student_logp.device)[None, :] < alignment.num_chunks[:, None]
-    debias = student_boundary_logp is not None
-
-    with torch.no_grad():  # the teacher side: no graph, no gradient
-        if debias:
-            t_bound = boundary_logprobs(teacher_logits, teacher_boundary_tokens.to(teacher_logits.device))
-            if merge_threshold is not None and num > 0:
-                chunk_bound = t_bound.gather(1, last_position(t_ids, num))
-                group_ids, num_groups = merge_chunks(chunk_bound, mask, merge_threshold)
-                t_ids, s_ids = _compose(t_ids, group_ids), _compose(s_ids, group_ids)
-                num = int(num_groups.max()) if num_groups.numel() else 0  # data-dependent shape: syncs
-                mask = torch.arange(num, device=mask.device)[None, :] < num_groups[:, None]
-        t_chunk = chunk_logprobs(token_logprobs(teacher_logits, teacher_targets), to_target_positions(t_ids), num)
-        if debias:
-            t_chunk = t_chunk + t_bound.gather(1, last_position(t_ids, num))
-
-    s_chunk = chunk_logprobs(student_logp.float(), to_target_positions(s_ids), num)
+    mask = torch.arange(num, device=teacher_logits.device)[None, :] < alignment.num_chunks[:, None]
+    debias = teacher_boundary_tokens is not None
     if debias:
+        t_bound = boundary_logprobs(teacher_logits, teacher_boundary_tokens.to(teacher_logits.device))
+        if merge_threshold is not None and num > 0:
+            chunk_bound = t_bound.gather(1, last_position(t_ids, num))
+            group_ids, num_groups = merge_chunks(chunk_bound, mask, merge_threshold)
+            t_ids, s_ids = _compose(t_ids, group_ids), _compose(s_ids, group_ids)
+            num = int(num_groups.max()) if num_groups.numel() else 0  # data-dependent shape: syncs
+            mask = torch.arange(num, device=mask.device)[None, :] < num_groups[:, None]
+    logp = chunk_logprobs(token_logprobs(teacher_logits, teacher_targets), to_target_positions(t_ids), num)
+    if debias:
+        logp = logp + t_bound.gather(1, last_position(t_ids, num))
+    return TeacherChunks(logp, s_ids, mask, debias)
+
+
+def alm_against(student_logp: torch.Tensor, teacher: TeacherChunks, *, temperature: float = DEFAULT_TEMPERATURE,
+                student_boundary_logp: torch.Tensor | None = None) -> ALMOutput:
+    """ALM of a student's token log-probs (B, T) against the teacher's chunks (and its boundary
+    log-probs (B, T) when the teacher's side is debiased)."""
+    if (student_boundary_logp is None) == teacher.debiased:
+        raise ValueError("debias both sides (student boundary log-probs and a teacher boundary mask) or neither")
+    s_ids, mask, num = teacher.student_chunk_ids.to(student_logp.device), teacher.mask, teacher.mask.shape[1]
+    s_chunk = chunk_logprobs(student_logp.float(), to_target_positions(s_ids), num)
+    if teacher.debiased:
         s_chunk = s_chunk + student_boundary_logp.float().gather(1, last_position(s_ids, num))
 
-    loss = alm_loss(s_chunk, t_chunk, mask, temperature)
+    loss = alm_loss(s_chunk, teacher.logp, mask, temperature)
     with torch.no_grad():
         count = mask.sum()
-        diff = torch.where(mask, (s_chunk - t_chunk).abs(), 0.0).sum() / count.clamp_min(1)
+        diff = torch.where(mask, (s_chunk - teacher.logp).abs(), 0.0).sum() / count.clamp_min(1)
     return ALMOutput(loss=loss, num_chunks=count, mean_abs_logp_diff=diff)

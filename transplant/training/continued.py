@@ -52,8 +52,8 @@ from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
-    CHARS_PER_TOKEN, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
-    make_accelerator, pack, process_share, refuse_sharding, run_directory, text_chunks,
+    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
+    make_accelerator, pack, refuse_sharding, run_directory, text_chunks,
 )
 
 
@@ -265,31 +265,34 @@ class ContinuedTask:
         ids = (self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in docs)
         return pack(ids, self.cfg.seq_len, self.separator)
 
-    def loss(self, model: torch.nn.Module, examples: list, step: int, seed: int) -> StepOutput:
-        if self.teacher is not None:
-            return self.distill(model, examples)
-        batch = torch.stack(examples).to(self.accelerator.device)
-        loss = model(input_ids=batch, labels=batch).loss  # labels shift inside the model
-        return StepOutput(loss, batch.numel() - len(batch))
+    def prepare(self, examples: list, step: int, seed: int) -> MicroBatch:
+        """Packed windows as they are (all ``seq_len`` long: equal counts need no weights);
+        for ``alm`` the texts read both ways and the teacher's chunks."""
+        if self.teacher is None:
+            return MicroBatch(torch.stack(examples))
+        pair = read_pair(examples, self.reader, self.teacher.reader, self.cfg.seq_len, self.cfg.teacher_tokens)
+        chunks = self.teacher.chunks(pair, self.reader.boundary is not None, self.accelerator.device,
+                                     self.accelerator.autocast)
+        return MicroBatch((pair, chunks), {"chunks": chunks.count, "tokens": pair.student.labels.ge(0).sum()})
 
-    def distill(self, model: torch.nn.Module, texts: list[str]) -> StepOutput:
-        """``alm_weight`` x ALM against the base on the same text + ``lm_weight`` x the LM loss."""
-        teacher, device = self.teacher, self.accelerator.device
-        pair = read_pair(texts, self.reader, teacher.reader, self.cfg.seq_len, self.cfg.teacher_tokens)
-        student = pair.student.to(device)
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = teacher.model(input_ids=pair.teacher.ids.to(device),
-                                           attention_mask=pair.teacher.attention.to(device)).logits
+    def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        if self.teacher is None:
+            ids = batch.inputs.to(self.accelerator.device)
+            return StepOutput(model(input_ids=ids, labels=ids).loss, ids.numel() - len(ids))  # labels shift inside
+        return self.distill(model, batch, share)
+
+    def distill(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        """``alm_weight`` x ALM against the base on the same text + ``lm_weight`` x the LM loss,
+        each a mean over the whole step's chunks and tokens (``share``)."""
+        pair, chunks = batch.inputs
+        student = pair.student.to(self.accelerator.device)
         logits = model(input_ids=student.ids, attention_mask=student.attention).logits
-        alm = distill_loss(logits, teacher_logits, pair, self.reader, teacher.reader, teacher.config)
-        labels = student.labels
-        lm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        tokens = labels.ge(0).sum()
+        alm = distill_loss(logits, chunks, pair, self.reader, self.teacher.config)
+        lm = F.cross_entropy(logits.flatten(0, 1).float(), student.labels.flatten(), ignore_index=-100)
         metrics = {"alm": alm.loss.item(), "lm": lm.item(), "chunks": float(alm.num_chunks),
                    "chunk_gap": alm.mean_abs_logp_diff.item()}
-        share = functools.partial(process_share, self.accelerator)  # means over every process's chunks, tokens
-        loss = self.cfg.alm_weight * alm.loss * share(alm.num_chunks) + self.cfg.lm_weight * lm * share(tokens)
-        return StepOutput(loss, int(tokens), metrics)
+        loss = self.cfg.alm_weight * alm.loss * share["chunks"] + self.cfg.lm_weight * lm * share["tokens"]
+        return StepOutput(loss, int(batch.counts["tokens"]), metrics)
 
     @functools.cached_property
     def reader(self) -> Reader:

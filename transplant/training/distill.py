@@ -5,7 +5,7 @@ The maths (chunks, chunk likelihoods, the binarised divergence) is
 tokenized twice with byte offsets: by the student's tokenizer (the new one), truncated to
 the sequence length, and by the teacher's (the base's) over exactly the text the student
 kept. The frozen base reads its own tokens; the student (a transplanted model, or the base
-reading hypernetwork rows) reads the new ones; :func:`alm_distill_loss` makes the student
+reading hypernetwork rows) reads the new ones; :func:`alm_against` makes the student
 give every shared stretch of text the likelihood the teacher gives it.
 
 The teacher is the model we started from, so it is free: one extra forward pass, no
@@ -14,9 +14,10 @@ gradient, in bf16 where CUDA has it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ContextManager, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,8 @@ from transplant.errors import UserError
 from transplant.evaluation.evaluate import load_model, prefix_token_id
 from transplant.io.trust import Trust
 from transplant.training.alm import (
-    DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, align_chunks, alm_distill_loss,
-    alm_distill_loss_from_logprobs, boundary_token_mask, char_to_byte_offsets,
+    DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, TeacherChunks, align_chunks, alm_against,
+    boundary_logprobs, boundary_token_mask, char_to_byte_offsets, teacher_chunks, token_logprobs,
 )
 from transplant.training.loop import TrainConfig
 from transplant.vocab.surface import Vocabulary, vocabulary
@@ -202,32 +203,13 @@ class ObjectiveConfig(TrainConfig):
         return self.teacher_len or 2 * self.seq_len
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, pair: Pair, student: Reader,
-                 teacher: Reader, cfg: AlmConfig) -> ALMOutput:
-    """ALM between the student's logits on ``pair.student`` and the teacher's on ``pair.teacher``."""
-    debias = cfg.debias and student.boundary is not None and teacher.boundary is not None
-    return alm_distill_loss(
-        student_logits, pair.student.targets.to(student_logits.device),
-        teacher_logits, pair.teacher.targets.to(teacher_logits.device), pair.alignment,
-        temperature=cfg.temperature,
-        student_boundary_tokens=student.boundary if debias else None,
-        teacher_boundary_tokens=teacher.boundary if debias else None,
-        merge_threshold=cfg.merge_threshold,
-    )
-
-
-def distill_loss_from_logprobs(student_logp: torch.Tensor, student_boundary_logp: torch.Tensor | None,
-                               teacher_logits: torch.Tensor, pair: Pair, teacher: Reader, cfg: AlmConfig) -> ALMOutput:
-    """:func:`distill_loss` for a student with only token log-probs (B, T), laid out like
-    ``pair.student``'s targets (and boundary log-probs, or None: then no debiasing)."""
-    debias = cfg.debias and student_boundary_logp is not None and teacher.boundary is not None
-    return alm_distill_loss_from_logprobs(
-        student_logp, teacher_logits, pair.teacher.targets.to(teacher_logits.device), pair.alignment,
-        temperature=cfg.temperature,
-        student_boundary_logp=student_boundary_logp if debias else None,
-        teacher_boundary_tokens=teacher.boundary if debias else None,
-        merge_threshold=cfg.merge_threshold,
-    )
+def distill_loss(student_logits: torch.Tensor, teacher: TeacherChunks, pair: Pair, student: Reader,
+                 cfg: AlmConfig) -> ALMOutput:
+    """ALM between the student's logits on ``pair.student`` and the teacher's chunks."""
+    targets = pair.student.targets.to(student_logits.device)
+    boundary = boundary_logprobs(student_logits, student.boundary.to(student_logits.device)) if teacher.debiased else None
+    return alm_against(token_logprobs(student_logits, targets), teacher, temperature=cfg.temperature,
+                       student_boundary_logp=boundary)
 
 
 @dataclass
@@ -240,6 +222,18 @@ class Teacher:
     reader: Reader
     config: AlmConfig
     tokenizer: PreTrainedTokenizerBase | None = None
+
+    @torch.no_grad()
+    def chunks(self, pair: Pair, student_debiases: bool, device: torch.device,
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> TeacherChunks:
+        """The teacher's pass over ``pair.teacher`` and its chunk likelihoods, debiased when
+        the settings ask for it and both sides know their word-boundary tokens."""
+        with autocast():
+            logits = self.model(input_ids=pair.teacher.ids.to(device), attention_mask=pair.teacher.attention.to(device)).logits
+        debias = self.config.debias and student_debiases and self.reader.boundary is not None
+        return teacher_chunks(logits, pair.teacher.targets.to(device), pair.alignment,
+                              teacher_boundary_tokens=self.reader.boundary if debias else None,
+                              merge_threshold=self.config.merge_threshold)
 
 
 def load_teacher(base: str, config: AlmConfig, trust: Trust = Trust()) -> Teacher:

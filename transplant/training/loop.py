@@ -407,21 +407,23 @@ def step_seed(seed: int, step: int, micro: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def process_share(accelerator: Accelerator, count: torch.Tensor) -> torch.Tensor:
-    """This process's share of a micro-step's ``count`` (tokens, chunks: what a loss term
-    averages over) times the number of processes; 1 for one process.
+def step_shares(accelerator: Accelerator, counts: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """For each micro-step of one optimizer step, each loss term's share: the micro-step's
+    count (tokens, chunks: what the term averages over) times the number of micro-steps and
+    processes, over the step's total; all ones for one micro-step on one process.
 
-    Gradients are averaged over processes, so a term's mean over this process's items times
-    its share is the mean over every process's items: the step one process reading all the
-    texts would take. Where counts vary between processes (ALM's chunks per text, a sampled
-    tokenizer's tokens), each process's mean would otherwise weigh its items by how few it has.
-    (Micro-steps of one optimizer step, with ``grad_accum`` > 1, are still averaged as they
-    come: ALM's chunk count is known only after the teacher's pass of each.)"""
-    processes = accelerator.num_processes
-    if processes == 1:
-        return torch.ones((), device=count.device)
-    total = accelerator.reduce(count.detach().to(accelerator.device, torch.float32), "sum")
-    return count.to(total) * processes / total.clamp_min(1)
+    Gradients are averaged over micro-steps and processes, so a term's mean over one
+    micro-step's items times its share is the mean over every item of the step: the step one
+    process reading the whole batch at once would take. Where counts vary (ALM's chunks per
+    text, a sampled tokenizer's tokens), plain means would weigh each item by how few shared
+    its micro-step. One all-reduce a step, of one number per term."""
+    parts, names = accelerator.num_processes * len(counts), sorted(counts[0]) if counts else []
+    if parts == 1 or not names:
+        return [{name: torch.ones((), device=accelerator.device) for name in names} for _ in counts]
+    local = torch.stack([torch.stack([c[name].detach().to(accelerator.device, torch.float32) for name in names])
+                         for c in counts])  # (micro-steps, terms)
+    total = accelerator.reduce(local.sum(0), "sum").clamp_min(1)
+    return [dict(zip(names, row * parts / total)) for row in local]
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -437,6 +439,17 @@ class StepOutput:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+@dataclass
+class MicroBatch:
+    """One micro-step's examples after the work that needs no gradient (tokenizing, a
+    teacher's pass), with the counts its loss terms average over, by name: :func:`fit`
+    prepares every micro-step of an optimizer step before the first backward, so that each
+    term can be weighted by its micro-step's share of the step (:func:`step_shares`)."""
+
+    inputs: Any
+    counts: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
 class Task(Protocol):
     """What a trainer supplies to :func:`fit`."""
 
@@ -446,9 +459,14 @@ class Task(Protocol):
         """The examples of one epoch, deterministic in ``epoch``."""
         ...
 
-    def loss(self, model: torch.nn.Module, examples: list[Any], step: int, seed: int) -> StepOutput:
-        """The loss on this process's ``examples`` at optimizer step ``step`` (0-based);
-        ``seed`` (the same on every process) for anything random in the micro-step."""
+    def prepare(self, examples: list[Any], step: int, seed: int) -> MicroBatch:
+        """This process's ``examples`` for one micro-step of optimizer step ``step`` (0-based),
+        ready for :meth:`loss`; ``seed`` (the same on every process) for anything random in it."""
+        ...
+
+    def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        """The loss on one prepared micro-step; each term averaged over its items is weighted
+        by ``share[name]`` of its count (``batch.counts``)."""
         ...
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -666,10 +684,11 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
     model.train()
     while progress.step < cfg.steps and not stopped:
         losses, tokens, metrics = [], 0, {}
-        for micro in range(cfg.grad_accum):
-            examples = stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+        batches = [task.prepare(stream.take(per_step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size],
+                                progress.step, step_seed(cfg.seed, progress.step, micro)) for micro in range(cfg.grad_accum)]
+        for batch, share in zip(batches, step_shares(accelerator, [batch.counts for batch in batches])):
             with accelerator.accumulate(model):
-                result = task.loss(model, examples, progress.step, step_seed(cfg.seed, progress.step, micro))
+                result = task.loss(model, batch, share)
                 accelerator.backward(result.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
