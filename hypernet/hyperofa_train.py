@@ -195,6 +195,9 @@ class HyperOfaTask:
         write_hypernet_dir(self.cfg, run, lambda out: save_hyperofa(model, self.words, out, self.base, record),
                            "hyperofa")
 
+    def adam_eps(self) -> dict[torch.nn.Parameter, float]:
+        return {}
+
     def state_objects(self) -> list:
         return [self.best]
 

@@ -390,6 +390,9 @@ class HypernetTask:
     def should_stop(self) -> bool:
         return False
 
+    def adam_eps(self) -> dict[torch.nn.Parameter, float]:
+        return {}
+
     def state_objects(self) -> list:
         return [self.sampler]
 

@@ -109,7 +109,7 @@ def absent_to_present_movement(transplanted: Path, texts: Path, tmp_path: Path, 
     batch = list(task.examples(0))[:2]
     output = task.model.get_output_embeddings().weight
     before = output.detach().clone()
-    optimizer, _ = make_optimizer(task.model, cfg)
+    optimizer, _ = make_optimizer(task.model, cfg, task.adam_eps())
     for _ in range(3):
         micro_loss(task, batch, step=0, seed=0).loss.backward()
         optimizer.step()
@@ -123,14 +123,16 @@ def absent_to_present_movement(transplanted: Path, texts: Path, tmp_path: Path, 
     return (moved[new & ~present].median() / moved[new & present].median()).item()
 
 
-def test_default_adam_eps_keeps_rows_of_absent_tokens_nearly_still(transplanted: Path, texts: Path,
-                                                                    tmp_path: Path) -> None:
-    """Why ``transplant train`` defaults to ``adam_eps`` 1e-3: with Adam's usual eps a row whose only gradient
-    is the softmax's small push-down (its token is not in the batch) moves about as far as a
-    row with a real gradient, so every new row drifts each step; on SmolLM2 -> German 16k that
-    made German worse while the training loss fell."""
-    assert absent_to_present_movement(transplanted, texts, tmp_path / "usual", adam_eps=1e-8) > 0.5
+def test_default_embedding_eps_keeps_rows_of_absent_tokens_nearly_still(transplanted: Path, texts: Path,
+                                                                        tmp_path: Path) -> None:
+    """Why ``transplant train`` defaults to ``embedding_eps`` 1e-3: with Adam's usual eps a row whose only
+    gradient is the softmax's small push-down (its token is not in the batch) moves about as far
+    as a row with a real gradient, so every new row drifts each step; on SmolLM2 -> German 16k
+    that made German worse while the training loss fell. The rest of the network's eps
+    (``adam_eps``) does not reach the embedding matrices."""
+    assert absent_to_present_movement(transplanted, texts, tmp_path / "usual", embedding_eps=1e-8) > 0.5
     assert absent_to_present_movement(transplanted, texts, tmp_path / "default") < 0.1
+    assert absent_to_present_movement(transplanted, texts, tmp_path / "network", adam_eps=1e-8) < 0.1
 
 
 class Crash(Exception):

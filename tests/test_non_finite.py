@@ -49,6 +49,7 @@ def test_non_finite_method_option_is_refused_before_anything_loads(tmp_path: Pat
     ("lr", float("inf"), "lr must be a finite number"),
     ("weight_decay", -0.1, "weight_decay must not be negative"),
     ("stage2_lr", float("nan"), "stage2.lr must be a finite number"),
+    ("embedding_eps", 0.0, "embedding_eps must be positive"),
 ])
 def test_non_finite_or_out_of_range_training_setting_is_refused(tmp_path: Path, key: str, value: float,
                                                                 fragment: str) -> None:

@@ -134,6 +134,9 @@ class BigramTask:
     def state_objects(self) -> list:
         return []
 
+    def adam_eps(self) -> dict:
+        return {}
+
 
 def bigram_model() -> torch.nn.Module:
     torch.manual_seed(0)

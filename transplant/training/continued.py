@@ -86,7 +86,8 @@ class ContinuedConfig(ObjectiveConfig):
     # smaller than a real gradient (SmolLM2 -> German 16k: 2e-5 vs 5e-3 RMS); with Adam's
     # usual 1e-8 each of them still moved a full step per step, and German got worse while
     # the training loss fell. 1e-3 keeps them nearly still (see TrainConfig.adam_eps).
-    adam_eps: float = 1e-3
+    embedding_eps: float = 1e-3
+    adam_eps: float = 1e-3  # every other weight's (stage 2)
     stage2_steps: int = 300  # 0 = no stage 2
     stage2_lr: float = 3e-4  # 1e-4 was behind on every group at every evaluation (docs/results.md)
     eval_corpus: str | None = None  # held-out .txt/.jsonl; ratio per group (lang) against the base
@@ -97,6 +98,8 @@ class ContinuedConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 < self.embedding_eps < float("inf"):
+            raise UserError(f"embedding_eps must be positive, got {self.embedding_eps}")
         if not self.model or not self.out:
             raise UserError("need the transplanted MODEL and -o OUT (on the command line, in --config or in the recipe)")
         model = Path(self.model)
@@ -249,6 +252,9 @@ class ContinuedTask:
         refuse_sharding(self.accelerator, "stage 1 with rows: new masks rows that FSDP would shard (or use rows: all)")
         frozen = (~initialized).to(self.accelerator.device).unsqueeze(1)
         return weight.register_hook(lambda grad: grad.masked_fill(frozen, 0.0))
+
+    def adam_eps(self) -> dict[torch.nn.Parameter, float]:
+        return {weight: self.cfg.embedding_eps for weight in embedding_weights(self.model)}
 
     def close(self) -> None:
         """Remove this stage's gradient hooks (the next stage trains every row)."""

@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,14 +315,19 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no weight decay on biases, norms and other vectors) with warmup + cosine."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=cfg.adam_eps)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, eps: Mapping[torch.nn.Parameter, float] | None = None
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on biases, norms and other vectors) with warmup + cosine;
+    ``eps`` names the parameters whose Adam eps is not ``cfg.adam_eps``."""
+    eps = eps or {}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            key = (cfg.weight_decay if p.dim() >= 2 else 0.0, eps.get(p, cfg.adam_eps))
+            groups.setdefault(key, []).append(p)
+    optimizer = torch.optim.AdamW([{"params": params, "weight_decay": decay, "eps": group_eps}
+                                   for (decay, group_eps), params in groups.items()],
+                                  lr=cfg.lr, betas=(0.9, 0.95), eps=cfg.adam_eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     )
@@ -491,6 +496,11 @@ class Task(Protocol):
         """Extra objects with state_dict/load_state_dict to keep in checkpoints."""
         ...
 
+    def adam_eps(self) -> dict[torch.nn.Parameter, float]:
+        """Parameters whose Adam eps is not ``cfg.adam_eps`` (embedding matrices, whose rows of
+        tokens absent from a batch get only a tiny gradient); usually {}."""
+        ...
+
 
 @dataclass
 class Progress:
@@ -646,7 +656,7 @@ def fit(task: Task, cfg: TrainConfig, out: Path, accelerator: Accelerator, resum
     and an interrupted-then-resumed one log the same losses and end with the same weights).
     """
     out = Path(out)
-    optimizer, schedule = make_optimizer(task.model, cfg)
+    optimizer, schedule = make_optimizer(task.model, cfg, task.adam_eps())
     model, optimizer, schedule = accelerator.prepare(task.model, optimizer, schedule)
     stream: Stream[Any] = Stream(task.examples)
     progress = Progress()
