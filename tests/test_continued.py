@@ -267,7 +267,8 @@ def test_recipes_hold_known_training_keys(recipe: Path) -> None:
     assert not any("debian-reference" in str(c) for c in spec.train["corpus"])  # the evaluation book
 
 
-SCHEDULE = ("objective", "steps", "warmup_steps", "lr", "stage2_steps", "stage2_lr", "batch_size", "seq_len")
+SCHEDULE = ("objective", "steps", "warmup_steps", "lr", "stage2_steps", "stage2_lr", "embedding_eps", "adam_eps",
+            "batch_size", "seq_len")
 
 
 def test_the_defaults_are_the_schedule_measured_in_the_german_recipe() -> None:
