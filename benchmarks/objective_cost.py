@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from transplant.training.continued import ContinuedTask, load_train_config, load_transplanted
-from transplant.training.loop import make_accelerator
+from transplant.training.loop import make_accelerator, step_shares
 
 
 def time_steps(model: str, corpus: str, objective: str, steps: int, batch: int, seq_len: int, scratch: Path) -> tuple[float, int]:
@@ -35,7 +35,7 @@ def time_steps(model: str, corpus: str, objective: str, steps: int, batch: int, 
         examples = [next(stream) for _ in range(batch)]
         started = time.perf_counter()
         prepared = task.prepare(examples, step, 0)
-        result = task.loss(task.model, prepared, {name: torch.ones(()) for name in prepared.counts})
+        result = task.loss(task.model, prepared, step_shares(task.accelerator, [prepared.counts])[0])
         result.loss.backward()
         task.model.zero_grad(set_to_none=True)
         if step:

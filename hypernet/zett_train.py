@@ -263,12 +263,10 @@ class HypernetTask:
         positives = torch.tensor(sorted(set(gather_object(tokens[valid].unique().tolist()))), dtype=torch.long,
                                  device=device)
         selected, bias = self.candidates(positives, vocab, rng)
+        chunks = None if pair is None else self.teacher.chunks(pair, True, device, self.accelerator.autocast)
         drawn = Drawn(tokens, valid, torch.searchsorted(positives, tokens[valid]), selected, bias,
-                      padded_ids(vocab.pieces(selected)).to(device), vocab.starts_word(selected), vocab.size)
-        counts = {"tokens": valid.sum()}
-        if pair is not None:
-            drawn.chunks = self.teacher.chunks(pair, True, device, self.accelerator.autocast)
-            counts["chunks"] = drawn.chunks.count
+                      padded_ids(vocab.pieces(selected)).to(device), vocab.starts_word(selected), vocab.size, chunks)
+        counts = {"tokens": valid.sum()} | ({} if chunks is None else {"chunks": chunks.count})
         return MicroBatch(drawn, counts)
 
     def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:

@@ -12,6 +12,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from transplant.training.loop import step_shares
+
 WORDS = (
     "the house garden child tree street water sky earth fire light playing played player "
     "reading writing running jumping small large happy quick brown fox lazy dog over under "
@@ -242,6 +244,6 @@ def checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def micro_loss(task, examples, step: int = 0, seed: int = 0):
-    """One micro-step alone, as `fit` runs it with one micro-step on one process (every share 1)."""
+    """One micro-step alone, as `fit` runs it with one micro-step on one process."""
     batch = task.prepare(list(examples), step, seed)
-    return task.loss(task.model, batch, {name: torch.ones(()) for name in batch.counts})
+    return task.loss(task.model, batch, step_shares(task.accelerator, [batch.counts])[0])

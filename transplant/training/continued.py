@@ -63,9 +63,10 @@ class ContinuedConfig(ObjectiveConfig):
 
     The defaults are the schedule that repaired most per CPU-minute in docs/results.md: ALM,
     20 steps of stage 1 (new rows, lr 1e-3), then 300 of stage 2 (every weight, lr 3e-4),
-    4 x 128 tokens a step, Adam's eps 1e-3 for the embedding matrices and 1e-8 for the rest. Stage 1 alone, however long, leaves the network as it was and
-    flattens out; stage 2 with self-distillation teaches back what the base knew. On a GPU,
-    raise ``batch_size`` and ``seq_len``."""
+    4 x 128 tokens a step, Adam's eps 1e-3 for the embedding matrices and 1e-8 for the rest.
+    Stage 1 alone, however long, leaves the network as it was and flattens out; stage 2 with
+    self-distillation teaches back what the base knew. On a GPU, raise ``batch_size`` and
+    ``seq_len``."""
 
     objective: Literal["lm", "alm"] = "alm"
     steps: int = 20
@@ -100,7 +101,7 @@ class ContinuedConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.embedding_eps < float("inf"):
+        if not self.embedding_eps > 0:
             raise UserError(f"embedding_eps must be positive, got {self.embedding_eps}")
         if not self.model or not self.out:
             raise UserError("need the transplanted MODEL and -o OUT (on the command line, in --config or in the recipe)")
