@@ -63,7 +63,7 @@ from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
 from transplant.training.alm import (
-    ALMOutput, TeacherChunks, alm_against, boundary_logprobs, boundary_token_mask, token_logprobs,
+    ALMOutput, TeacherChunks, alm_against, boundary_token_mask, next_token_logprobs,
 )
 from transplant.training.distill import (
     Encoder, ObjectiveConfig, Pair, Reader, Side, Teacher, boundary_tokens, encode_side,
@@ -300,11 +300,9 @@ class HypernetTask:
         """ALM against the base's chunks (its pass was in :meth:`prepare`). ``logits`` (valid
         positions, candidates) are the sampled softmax of the step with the candidates'
         corrections: the log-probs ALM compares are the CE's estimates."""
-        token_logp = on_grid(token_logprobs(logits, drawn.local), drawn.valid)
-        boundary_logp = None
-        if drawn.chunks.debiased:
-            boundary_logp = on_grid(boundary_logprobs(logits, drawn.starts_word.to(logits.device)), drawn.valid)
-        return alm_against(token_logp, drawn.chunks, temperature=self.teacher.config.temperature,
+        logp = next_token_logprobs(logits, drawn.local, drawn.starts_word if drawn.chunks.debiased else None)
+        boundary_logp = None if logp.boundary is None else on_grid(logp.boundary, drawn.valid)
+        return alm_against(on_grid(logp.token, drawn.valid), drawn.chunks, temperature=self.teacher.config.temperature,
                            student_boundary_logp=boundary_logp)
 
     def candidates(self, positives: torch.Tensor, vocab: StepVocab, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,12 @@ from transplant.training.alm import (
     align_chunks,
     alm_distill_loss,
     alm_loss,
-    boundary_logprobs,
     boundary_token_mask,
     char_to_byte_offsets,
     chunk_logprobs,
     merge_chunks,
+    next_token_logprobs,
     to_target_positions,
-    token_logprobs,
 )
 
 SENTENCES = [
@@ -295,8 +294,42 @@ def test_token_logprobs_is_log_softmax_gather():
     logits = torch.randn(2, 4, 7).bfloat16()
     targets = torch.tensor([[1, 6, 0, -100], [3, 3, 2, 5]])
     expected = logits.float().log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
-    got = token_logprobs(logits, targets)
-    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)
+    got = next_token_logprobs(logits, targets)
+    assert got.token.dtype == torch.float32 and torch.allclose(got.token, expected, atol=1e-6)
+    assert got.boundary is None
+
+
+def reference_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both log-probs the plain autograd way: log_softmax, gather, masked logsumexp."""
+    logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    return logp.gather(-1, targets[..., None])[..., 0], logp[..., mask].logsumexp(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_next_token_logprobs_gradient_is_autograds(dtype):
+    """The hand-written backward (one softmax, scaled per position and column) gives the
+    gradient autograd gives the plain formula, for either output alone and both together."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 11, dtype=torch.float64)).to(dtype)
+    targets = torch.randint(0, 11, (3, 5))
+    mask = torch.rand(11) < 0.4
+    mask[0] = True
+    weights = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for use in ("token", "boundary", "both"):
+        grads = []
+        for compute in (lambda x: reference_logprobs(x, targets, mask),
+                        lambda x: tuple(vars(next_token_logprobs(x, targets, mask)).values())):
+            x = logits.clone().requires_grad_(True)
+            token, boundary = compute(x)
+            loss = {"token": (token * weights[0]).sum(), "boundary": (boundary * weights[1]).sum(),
+                    "both": (token * weights[0] + boundary * weights[1]).sum()}[use]
+            loss.backward()
+            assert x.grad.dtype == dtype
+            grads.append(x.grad.double())
+        assert torch.allclose(grads[0], grads[1], atol=tolerance, rtol=tolerance), use
+    x = logits.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: tuple(vars(next_token_logprobs(y, targets, mask)).values()), (x,))
 
 
 def test_chunk_logprobs_sums_tokens_per_chunk():
@@ -325,7 +358,9 @@ def test_boundary_token_mask_and_logprobs():
     logits = torch.tensor([[[0.0, 1.0, 2.0, 0.5, -1.0, 0.0, 3.0, 3.0]]])  # 2 padding rows
     probs = logits.softmax(-1)[0, 0]
     expected = math.log(probs[1] + probs[2] + probs[5])
-    assert boundary_logprobs(logits, mask).item() == pytest.approx(expected, rel=1e-6)
+    got = next_token_logprobs(logits, torch.tensor([[6]]), mask)
+    assert got.boundary.item() == pytest.approx(expected, rel=1e-6)
+    assert got.token.item() == pytest.approx(math.log(probs[6]), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from transplant.cli import app
 from transplant.hypernet.zett_train import HypernetTask
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.training.alm import (
-    align_chunks, alm_distill_loss, alm_distill_loss_from_logprobs, boundary_logprobs, token_logprobs,
+    align_chunks, alm_distill_loss, alm_distill_loss_from_logprobs, next_token_logprobs,
 )
 from transplant.training.loop import config_dict, make_accelerator
 
@@ -55,9 +55,9 @@ def test_token_logprobs_give_the_loss_and_gradients_of_full_logits(debias: bool)
     order = torch.randperm(vocab)  # candidate k is token order[k]
     candidates = logits[..., order]
     local = torch.argsort(order)[targets]
-    bound = boundary_logprobs(candidates, boundary[order]) if debias else None
-    sampled = alm_distill_loss_from_logprobs(token_logprobs(candidates, local), teacher_logits, teacher_targets,
-                                             alignment, student_boundary_logp=bound, **kwargs)
+    logp = next_token_logprobs(candidates, local, boundary[order] if debias else None)
+    sampled = alm_distill_loss_from_logprobs(logp.token, teacher_logits, teacher_targets,
+                                             alignment, student_boundary_logp=logp.boundary, **kwargs)
     (got,) = torch.autograd.grad(sampled.loss, logits)
 
     assert full.loss.item() > 0 and int(sampled.num_chunks) == int(full.num_chunks)

@@ -265,20 +265,82 @@ def align_chunks(teacher_offsets, student_offsets, teacher_mask=None, student_ma
 # 2. Chunk log-likelihoods (differentiable, on the models' device)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, T) log p(targets[:, t] | position t), in float32.
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
-    targets[:, t] is the token that logits[:, t] predicts (input_ids[:, t+1]); values
-    outside the vocabulary (-100, padding) are clamped — their positions belong to no
-    chunk. Gather minus logsumexp avoids materialising a second (B, T, V) tensor.
+
+@dataclass
+class NextTokenLogprobs:
+    """What ALM reads from a model's logits at each position, in float32 (float64 logits: float64)."""
+
+    token: torch.Tensor  # (...,) log p(target | position)
+    boundary: torch.Tensor | None  # (...,) log P(next token is a boundary token | position); None: not asked
+
+
+class _NextTokenLogprobs(torch.autograd.Function):
+    """Both log-probs from one logsumexp, and a backward that writes the logits' gradient in
+    a few passes over (..., V).
+
+    Autograd's own backward of ``gather - logsumexp`` plus a second, masked logsumexp
+    builds a (..., V) tensor per term and adds them up: on a 262k vocabulary that was over
+    half of a training step on the CPU. Every term's gradient is the softmax p times a scalar
+    per position, plus the one-hot of the target:
+
+        d token    / d logits = onehot(target) - p
+        d boundary / d logits = p * m / P(boundary) - p          (m: the boundary-token mask)
+
+    so the backward is one softmax, scaled per position (and per column through m), and a
+    scatter of the token term's gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor | None):
+        full = at_least_float32(logits)
+        lse = torch.logsumexp(full, dim=-1)
+        token = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        if boundary is None:
+            ctx.save_for_backward(logits, targets, lse, None, None)
+            return token, None
+        in_boundary = torch.logsumexp(full.index_select(-1, boundary.nonzero().squeeze(1)), dim=-1) - lse
+        ctx.save_for_backward(logits, targets, lse, boundary, in_boundary)
+        return token, in_boundary
+
+    @staticmethod
+    def backward(ctx, grad_token: torch.Tensor | None, grad_boundary: torch.Tensor | None):
+        logits, targets, lse, boundary, in_boundary = ctx.saved_tensors
+        grad_token = torch.zeros_like(lse) if grad_token is None else grad_token
+        grad = torch.sub(at_least_float32(logits), lse.unsqueeze(-1)).exp_()  # the softmax p
+        if boundary is None or grad_boundary is None:
+            grad.mul_(-grad_token.unsqueeze(-1))
+        else:
+            # p / P(boundary) on the boundary columns; the exponent is capped where P(boundary)
+            # is below e^-80, whose p has underflowed to ~0 anyway
+            rescale = grad_boundary * torch.exp((-in_boundary).clamp(max=80.0))
+            per_column = torch.addcmul((-grad_token - grad_boundary).unsqueeze(-1), rescale.unsqueeze(-1),
+                                       boundary.to(grad.dtype))
+            grad.mul_(per_column)
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_token.unsqueeze(-1))
+        return grad.to(logits.dtype), None, None
+
+
+def next_token_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                        boundary_tokens: torch.Tensor | None = None) -> NextTokenLogprobs:
+    """log p(targets | position) and, given a boundary-token mask, log P(the next token is a
+    boundary token | position), from logits (..., V), in float32.
+
+    targets[..., t] is the token that logits[..., t, :] predicts (input_ids[:, t+1]); values
+    outside the vocabulary (-100, padding) are clamped — their positions belong to no chunk.
+    A mask shorter than the logits (vocabulary padded to a multiple) is padded with False.
     """
-    logits = logits.float()
-    picked = logits.gather(-1, targets.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    vocab = logits.shape[-1]
+    mask = None
+    if boundary_tokens is not None:
+        mask = F.pad(boundary_tokens.bool(), (0, vocab - boundary_tokens.shape[0])).to(logits.device)
+    token, boundary = _NextTokenLogprobs.apply(logits, targets.clamp(0, vocab - 1), mask)
+    return NextTokenLogprobs(token, boundary)
 
 
 def to_target_positions(chunk_ids: torch.Tensor) -> torch.Tensor:
-    """Input-token chunk ids -> ids aligned with `token_logprobs` positions.
+    """Input-token chunk ids -> ids aligned with `next_token_logprobs` positions.
 
     The log-prob of input token t sits at position t-1, so shift left by one; the last
     position predicts past the sequence and gets -1.
@@ -321,17 +383,6 @@ def boundary_token_mask(token_texts: Sequence[str], special_ids: Sequence[int] =
     if len(special_ids):
         mask[torch.as_tensor(list(special_ids), dtype=torch.long)] = True
     return mask
-
-
-def boundary_logprobs(logits: torch.Tensor, boundary_tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T) log P(next token is a boundary token | position t), in float32.
-
-    A mask shorter than the logits (vocabulary padded to a multiple) is padded with
-    False. Costs one (B, T, #boundary tokens) copy of the logits.
-    """
-    logits = logits.float()
-    boundary_tokens = F.pad(boundary_tokens.bool(), (0, logits.shape[-1] - boundary_tokens.shape[0]))
-    return torch.logsumexp(logits[..., boundary_tokens], dim=-1) - torch.logsumexp(logits, dim=-1)
 
 
 def merge_chunks(teacher_boundary_logp: torch.Tensor, chunk_mask: torch.Tensor,
@@ -419,12 +470,10 @@ def alm_distill_loss(student_logits: torch.Tensor, student_targets: torch.Tensor
     """
     if (student_boundary_tokens is None) != (teacher_boundary_tokens is None):
         raise ValueError("pass boundary-token masks for both models or for neither")
-    student_boundary_logp = None
-    if student_boundary_tokens is not None:
-        student_boundary_logp = boundary_logprobs(student_logits, student_boundary_tokens.to(student_logits.device))
+    student = next_token_logprobs(student_logits, student_targets, student_boundary_tokens)
     return alm_distill_loss_from_logprobs(
-        token_logprobs(student_logits, student_targets), teacher_logits, teacher_targets, alignment,
-        temperature=temperature, student_boundary_logp=student_boundary_logp,
+        student.token, teacher_logits, teacher_targets, alignment,
+        temperature=temperature, student_boundary_logp=student.boundary,
         teacher_boundary_tokens=teacher_boundary_tokens, merge_threshold=merge_threshold)
 
 
@@ -439,8 +488,8 @@ def alm_distill_loss_from_logprobs(student_logp: torch.Tensor, teacher_logits: t
     A student scored by a sampled softmax (the hypernetwork trainer: logits over the batch's
     tokens plus sampled negatives) has only estimates: its token log-prob is the target's
     logit minus the logsumexp over the candidates, its boundary log-prob the logsumexp over
-    the boundary candidates minus that (`token_logprobs` and `boundary_logprobs` on the
-    candidates' logits compute both). student_logp: (B, T) in the layout `token_logprobs`
+    the boundary candidates minus that (`next_token_logprobs` on the candidates' logits
+    computes both). student_logp: (B, T) in the layout `next_token_logprobs`
     gives (position t holds the log-prob of input token t+1); student_boundary_logp:
     (B, T) likewise, or None without debiasing (then also no teacher mask). The teacher
     still has full logits.
@@ -483,15 +532,16 @@ def teacher_chunks(teacher_logits: torch.Tensor, teacher_targets: torch.Tensor, 
     t_ids, s_ids = alignment.teacher_chunk_ids, alignment.student_chunk_ids
     mask = torch.arange(num, device=teacher_logits.device)[None, :] < alignment.num_chunks[:, None]
     debias = teacher_boundary_tokens is not None
+    teacher = next_token_logprobs(teacher_logits, teacher_targets, teacher_boundary_tokens)
+    t_bound = teacher.boundary
     if debias:
-        t_bound = boundary_logprobs(teacher_logits, teacher_boundary_tokens.to(teacher_logits.device))
         if merge_threshold is not None and num > 0:
             chunk_bound = t_bound.gather(1, last_position(t_ids, num))
             group_ids, num_groups = merge_chunks(chunk_bound, mask, merge_threshold)
             t_ids, s_ids = _compose(t_ids, group_ids), _compose(s_ids, group_ids)
             num = int(num_groups.max()) if num_groups.numel() else 0  # data-dependent shape: syncs
             mask = torch.arange(num, device=mask.device)[None, :] < num_groups[:, None]
-    logp = chunk_logprobs(token_logprobs(teacher_logits, teacher_targets), to_target_positions(t_ids), num)
+    logp = chunk_logprobs(teacher.token, to_target_positions(t_ids), num)
     if debias:
         logp = logp + t_bound.gather(1, last_position(t_ids, num))
     return TeacherChunks(logp, s_ids, mask, debias)

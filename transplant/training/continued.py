@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -296,8 +295,8 @@ class ContinuedTask:
         pair, chunks = batch.inputs
         student = pair.student.to(self.accelerator.device)
         logits = model(input_ids=student.ids, attention_mask=student.attention).logits
-        alm = distill_loss(logits, chunks, pair, self.reader, self.teacher.config)
-        lm = F.cross_entropy(logits.flatten(0, 1).float(), student.labels.flatten(), ignore_index=-100)
+        losses = distill_loss(logits, chunks, pair, self.reader, self.teacher.config)
+        alm, lm = losses.alm, losses.lm
         metrics = {"alm": alm.loss.item(), "lm": lm.item(), "chunks": float(alm.num_chunks),
                    "chunk_gap": alm.mean_abs_logp_diff.item()}
         loss = self.cfg.alm_weight * alm.loss * share["chunks"] + self.cfg.lm_weight * lm * share["tokens"]

@@ -28,7 +28,7 @@ from transplant.evaluation.evaluate import load_model, prefix_token_id
 from transplant.io.trust import Trust
 from transplant.training.alm import (
     DEFAULT_MERGE_THRESHOLD, DEFAULT_TEMPERATURE, ALMOutput, ChunkAlignment, TeacherChunks, align_chunks, alm_against,
-    boundary_logprobs, boundary_token_mask, char_to_byte_offsets, teacher_chunks, token_logprobs,
+    boundary_token_mask, char_to_byte_offsets, next_token_logprobs, teacher_chunks,
 )
 from transplant.training.loop import TrainConfig
 from transplant.vocab.surface import Vocabulary, vocabulary
@@ -203,13 +203,23 @@ class ObjectiveConfig(TrainConfig):
         return self.teacher_len or 2 * self.seq_len
 
 
+@dataclass
+class DistillOutput:
+    """ALM against the teacher, and the LM loss on the same tokens."""
+
+    alm: ALMOutput
+    lm: torch.Tensor  # scalar: the mean NLL of every predicted token
+
+
 def distill_loss(student_logits: torch.Tensor, teacher: TeacherChunks, pair: Pair, student: Reader,
-                 cfg: AlmConfig) -> ALMOutput:
-    """ALM between the student's logits on ``pair.student`` and the teacher's chunks."""
-    targets = pair.student.targets.to(student_logits.device)
-    boundary = boundary_logprobs(student_logits, student.boundary.to(student_logits.device)) if teacher.debiased else None
-    return alm_against(token_logprobs(student_logits, targets), teacher, temperature=cfg.temperature,
-                       student_boundary_logp=boundary)
+                 cfg: AlmConfig) -> DistillOutput:
+    """ALM between the student's logits on ``pair.student`` and the teacher's chunks, and the LM
+    loss from the same log-probs: one softmax over the vocabulary serves both."""
+    device = student_logits.device
+    boundary = student.boundary if teacher.debiased else None
+    logp = next_token_logprobs(student_logits, pair.student.targets.to(device), boundary)
+    alm = alm_against(logp.token, teacher, temperature=cfg.temperature, student_boundary_logp=logp.boundary)
+    return DistillOutput(alm, -logp.token[pair.student.predicts.to(device)].mean())
 
 
 @dataclass
