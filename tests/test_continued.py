@@ -20,6 +20,7 @@ from transplant.cli import app
 from conftest import bpe_tokenizer, micro_loss, tiny_llama
 from transplant.training.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
 from transplant.errors import UserError
+from transplant.evaluation.evaluate import evaluate_model
 from transplant.pipeline import TransplantConfig, transplant
 from transplant.recipe import load_recipe
 from transplant.training.loop import make_accelerator, make_optimizer
@@ -370,3 +371,21 @@ def test_alm_scores_the_base_with_its_teacher_not_a_second_copy(transplanted: Pa
     monkeypatch.setattr(continued, "load_model", no_second_copy)
     train(config(transplanted, texts, tmp_path / "alm", steps=1, objective="alm"))
     assert json.loads((tmp_path / "alm.run" / "base-eval.json").read_text())["groups"] == expected
+
+
+def test_stage_two_starts_from_stage_ones_last_evaluation_without_scoring_again(
+        transplanted: Path, texts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 2 starts from the weights stage 1's last evaluation scored: its first point is
+    that evaluation, logged again, not a second pass over the evaluation text."""
+    import transplant.training.continued as continued
+
+    scored = []  # the evaluations of the model being trained (the base is scored once besides)
+    monkeypatch.setattr(continued, "evaluate_model",
+                        lambda model, tokenizer, docs, name, config: scored.extend([name] if name == "trained" else [])
+                        or evaluate_model(model, tokenizer, docs, name, config))
+    train(config(transplanted, texts, tmp_path / "trained", steps=2, stage2_steps=2))
+    evals = {stage: [json.loads(line) for line in (tmp_path / f"trained.run/stage{stage}/log.jsonl").read_text().splitlines()
+                     if "eval" in line] for stage in (1, 2)}
+    assert [r["step"] for r in evals[1]] == [0, 2] and [r["step"] for r in evals[2]] == [0, 2]
+    assert evals[2][0]["eval"] == evals[1][-1]["eval"] and evals[2][-1]["eval"] != evals[1][-1]["eval"]
+    assert len(scored) == 3  # stage 1 start and end, stage 2 end

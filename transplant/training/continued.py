@@ -180,6 +180,8 @@ class Transplanted:
     initialized: torch.Tensor | None  # bool per row; None with rows: all
     dtype: torch.dtype
     teacher: Teacher | None  # objective alm: the base, loaded once for every stage
+    # the last evaluation's figures: the next stage starts from the weights they scored
+    evaluated: dict[str, float] | None = None
 
 
 def load_transplanted(cfg: ContinuedConfig) -> Transplanted:
@@ -228,6 +230,7 @@ class ContinuedTask:
         self.last_stage = stage_configs(cfg)[-1][0]
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.base: Evaluation | None = None
+        self.trained = False  # a step ran in this stage (before one, the weights are the previous stage's last)
         self.teacher = loaded.teacher
         if self.teacher is not None:  # frozen: bf16 where the run is, it only reads
             dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
@@ -284,6 +287,7 @@ class ContinuedTask:
         return MicroBatch((pair, chunks), {"chunks": chunks.count, "tokens": pair.student.labels.ge(0).sum()})
 
     def loss(self, model: torch.nn.Module, batch: MicroBatch, share: dict[str, torch.Tensor]) -> StepOutput:
+        self.trained = True
         if self.teacher is None:
             ids = batch.inputs.to(self.accelerator.device)
             return StepOutput(model(input_ids=ids, labels=ids).loss, ids.numel() - len(ids))  # labels shift inside
@@ -310,9 +314,16 @@ class ContinuedTask:
     # --- evaluation and export ---------------------------------------------------------
 
     def evaluate(self, model: PreTrainedModel) -> dict[str, float]:
-        """Perplexity ratio to the base per group (and overall), plus the model's bits/byte."""
+        """Perplexity ratio to the base per group (and overall), plus the model's bits/byte.
+        A stage's first evaluation, before it trained, is the previous stage's last: not run again."""
         if not self.docs:
             return {}
+        if not self.trained and self.loaded.evaluated is not None:
+            return self.loaded.evaluated
+        self.loaded.evaluated = self.score(model)
+        return self.loaded.evaluated
+
+    def score(self, model: PreTrainedModel) -> dict[str, float]:
         config = EvalConfig(batch_size=self.cfg.eval_batch, max_length=self.cfg.eval_length)
         new = evaluate_model(model, self.tokenizer, self.docs, "trained", config)  # under FSDP on every process
         if not self.accelerator.is_main_process:
