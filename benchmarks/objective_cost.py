@@ -2,8 +2,9 @@
 
 ALM adds a frozen forward pass of the base (the teacher, on its own tokenization of the same
 text), two tokenizations with offsets, the chunk alignment and the loss. This times the
-task's forward + backward on the same model and batch shape (stage 2: every weight learns)
-and prints a table: seconds per step, student tokens per second, and ALM's overhead.
+task's whole step on the same model and batch shape (stage 2: every weight learns): prepare,
+forward, backward and the optimizer's step; and prints a table: seconds per step, student
+tokens per second, and ALM's overhead.
 
     python benchmarks/objective_cost.py MODEL --corpus TEXT [--steps 5] [--batch 4] [--seq-len 128]
 
@@ -20,15 +21,16 @@ from pathlib import Path
 import torch
 
 from transplant.training.continued import ContinuedTask, load_train_config, load_transplanted
-from transplant.training.loop import make_accelerator, step_shares
+from transplant.training.loop import make_accelerator, make_optimizer, step_shares
 
 
 def time_steps(model: str, corpus: str, objective: str, steps: int, batch: int, seq_len: int, scratch: Path) -> tuple[float, int]:
-    """Median seconds of forward + backward per step, and student tokens per step."""
+    """Median seconds per step (prepare, forward, backward, optimizer), and student tokens per step."""
     cfg = load_train_config(None, None, model=model, corpus=[corpus], out=str(scratch / objective), rows="all",
                             batch_size=batch, seq_len=seq_len, mixed_precision="no", shuffle_buffer=0,
                             objective=objective, force=True)
     task = ContinuedTask(cfg, 2, load_transplanted(cfg), [], make_accelerator(cfg))
+    optimizer, _ = make_optimizer(task.model, cfg, task.adam_eps())
     stream = iter(task.examples(0))
     seconds, tokens = [], 0
     for step in range(steps + 1):  # the first step warms up (allocations, cached readers)
@@ -37,7 +39,8 @@ def time_steps(model: str, corpus: str, objective: str, steps: int, batch: int, 
         prepared = task.prepare(examples, step, 0)
         result = task.loss(task.model, prepared, step_shares(task.accelerator, [prepared.counts])[0])
         result.loss.backward()
-        task.model.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if step:
             seconds.append(time.perf_counter() - started)
             tokens = result.tokens
@@ -56,7 +59,7 @@ def main() -> None:
     rows = {objective: time_steps(args.model, args.corpus, objective, args.steps, args.batch, args.seq_len, scratch)
             for objective in ("lm", "alm")}
     print(f"\n{args.model}: batch {args.batch} x {args.seq_len}, {torch.get_num_threads()} threads, "
-          f"median of {args.steps} steps (forward + backward, every weight)")
+          f"median of {args.steps} steps (prepare, forward, backward, optimizer; every weight)")
     print("| objective | s/step | tokens/step | tokens/s | vs lm |")
     print("|---|---:|---:|---:|---:|")
     for objective, (seconds, tokens) in rows.items():
