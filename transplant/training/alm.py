@@ -297,19 +297,19 @@ class _NextTokenLogprobs(torch.autograd.Function):
         full = at_least_float32(logits)
         lse = torch.logsumexp(full, dim=-1)
         token = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-        if boundary is None:
-            ctx.save_for_backward(logits, targets, lse, None, None)
-            return token, None
-        in_boundary = torch.logsumexp(full.index_select(-1, boundary.nonzero().squeeze(1)), dim=-1) - lse
+        in_boundary = None
+        if boundary is not None:
+            in_boundary = torch.logsumexp(full.index_select(-1, boundary.nonzero().squeeze(1)), dim=-1) - lse
         ctx.save_for_backward(logits, targets, lse, boundary, in_boundary)
         return token, in_boundary
 
     @staticmethod
-    def backward(ctx, grad_token: torch.Tensor | None, grad_boundary: torch.Tensor | None):
+    def backward(ctx, grad_token: torch.Tensor, grad_boundary: torch.Tensor | None):
+        # an output the loss does not use gets a gradient of zeros (autograd's default), so
+        # only the absent boundary output (no mask) comes as None
         logits, targets, lse, boundary, in_boundary = ctx.saved_tensors
-        grad_token = torch.zeros_like(lse) if grad_token is None else grad_token
         grad = torch.sub(at_least_float32(logits), lse.unsqueeze(-1)).exp_()  # the softmax p
-        if boundary is None or grad_boundary is None:
+        if boundary is None:
             grad.mul_(-grad_token.unsqueeze(-1))
         else:
             # p / P(boundary) on the boundary columns; the exponent is capped where P(boundary)
@@ -531,9 +531,9 @@ def teacher_chunks(teacher_logits: torch.Tensor, teacher_targets: torch.Tensor, 
     alignment = alignment.to(teacher_logits.device)
     t_ids, s_ids = alignment.teacher_chunk_ids, alignment.student_chunk_ids
     mask = torch.arange(num, device=teacher_logits.device)[None, :] < alignment.num_chunks[:, None]
-    debias = teacher_boundary_tokens is not None
     teacher = next_token_logprobs(teacher_logits, teacher_targets, teacher_boundary_tokens)
     t_bound = teacher.boundary
+    debias = t_bound is not None
     if debias:
         if merge_threshold is not None and num > 0:
             chunk_bound = t_bound.gather(1, last_position(t_ids, num))
