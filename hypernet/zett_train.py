@@ -70,7 +70,7 @@ from transplant.training.distill import (
     hf_encoder, hf_reader, read_pair, tokenizers_encoder,
 )
 from transplant.training.loop import (
-    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit,
+    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, epoch_examples, fit,
     make_accelerator, refuse_sharding, run_directory, text_chunks,
 )
 from transplant.vocab.matching import encode_bytes
@@ -223,7 +223,8 @@ class HypernetTask:
 
     def examples(self, epoch: int) -> Iterator[str]:
         chars = self.cfg.chunk_chars or CHARS_PER_TOKEN * self.cfg.seq_len
-        return text_chunks(documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer), chars)
+        return epoch_examples(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer,
+                              functools.partial(text_chunks, chars=chars))
 
     def step_vocab(self, step: int, rng: np.random.Generator) -> StepVocab:
         """The base tokenizer during the warm-up, a freshly sampled one after it."""

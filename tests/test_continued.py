@@ -389,3 +389,26 @@ def test_stage_two_starts_from_stage_ones_last_evaluation_without_scoring_again(
     assert [r["step"] for r in evals[1]] == [0, 2] and [r["step"] for r in evals[2]] == [0, 2]
     assert evals[2][0]["eval"] == evals[1][-1]["eval"] and evals[2][-1]["eval"] != evals[1][-1]["eval"]
     assert len(scored) == 3  # stage 1 start and end, stage 2 end
+
+
+def long_documents(path: Path, count: int = 6, words: int = 300) -> Path:
+    """``count`` documents of ``words`` words each, every one written with its own marker word."""
+    path.write_text("".join(json.dumps({"text": " ".join([f"doc{d}"] * words)}) + "\n" for d in range(count)))
+    return path
+
+
+@OBJECTIVES
+def test_a_long_document_does_not_fill_the_first_batches(transplanted: Path, texts: Path, tmp_path: Path,
+                                                         objective: str) -> None:
+    """A long document is cut into many examples in a row (a 60 kB handbook page: 80 of them, 20
+    steps of 4): unless the examples are shuffled too, a batch, and many steps in a row, is one
+    document in one language (on the Gemma-3 run: 20 steps of Spanish, then 10 of code)."""
+    corpus = long_documents(tmp_path / "long.jsonl")
+    cfg = config(transplanted, texts, tmp_path / "trained", objective=objective, corpus=[str(corpus)],
+                 shuffle_buffer=200)
+    task = ContinuedTask(cfg, 1, load_transplanted(cfg), [], make_accelerator(cfg))
+    stream = task.examples(0)
+    first = [next(stream) for _ in range(12)]
+    decoded = first if objective == "alm" else [task.tokenizer.decode(ids) for ids in first]
+    seen = {f"doc{d}" for d in range(6) if any(f"doc{d}" in text for text in decoded)}
+    assert len(seen) >= 3, seen

@@ -154,6 +154,16 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny: dict[str, Path], tmp_pa
     assert after.loss.item() < before.loss.item()
 
 
+def test_a_long_document_does_not_fill_the_first_batches(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Examples are shuffled after the cut, as for ``transplant train`` (test_continued)."""
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join([f"doc{d}"] * 300)}) + "\n" for d in range(6)))
+    cfg = tiny_config(tiny, tmp_path / "hn", corpus=[str(corpus)], shuffle_buffer=200)
+    stream = HypernetTask(cfg, make_accelerator(cfg)).examples(0)
+    first = [next(stream) for _ in range(12)]
+    assert len({f"doc{d}" for d in range(6) if any(f"doc{d}" in text for text in first)}) >= 3
+
+
 class Crash(Exception):
     pass
 

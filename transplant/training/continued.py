@@ -33,6 +33,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -51,7 +52,7 @@ from transplant.evaluation.evaluate import ppl_ratio, prefix_token_id
 from transplant.recipe import load_recipe
 from transplant.training.distill import ObjectiveConfig, Reader, Teacher, distill_loss, hf_reader, load_teacher, read_pair
 from transplant.training.loop import (
-    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, documents, fit, load_config,
+    CHARS_PER_TOKEN, MicroBatch, StepOutput, TrainConfig, check_run_outputs, config_dict, epoch_examples, fit, load_config,
     make_accelerator, pack, refuse_sharding, run_directory, text_chunks,
 )
 
@@ -270,7 +271,9 @@ class ContinuedTask:
 
     def examples(self, epoch: int):
         """Packed token windows for ``lm``; text pieces for ``alm`` (each model tokenizes them)."""
-        docs = documents(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer)
+        return epoch_examples(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.cut)
+
+    def cut(self, docs: Iterator[str]) -> Iterator:
         if self.teacher is not None:
             return text_chunks(docs, CHARS_PER_TOKEN * self.cfg.seq_len)
         ids = (self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in docs)

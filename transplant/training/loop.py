@@ -80,7 +80,7 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 where CUDA has it
-    shuffle_buffer: int = 1000  # documents mixed at a time; sources often come one after another
+    shuffle_buffer: int = 1000  # documents, then examples, mixed at a time; sources often come one after another
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -227,6 +227,19 @@ def documents(paths: Sequence[Path], epoch: int, seed: int = 0, buffer: int = 0)
     """All documents of ``paths`` for one epoch, shuffled through a buffer seeded by epoch."""
     stream = itertools.chain.from_iterable(texts(p) for p in paths)
     return shuffled(stream, buffer, random.Random(f"{seed}:{epoch}"))
+
+
+def epoch_examples(paths: Sequence[Path], epoch: int, seed: int, buffer: int,
+                   cut: Callable[[Iterator[str]], Iterable[T]]) -> Iterator[T]:
+    """One epoch of training examples: the documents shuffled, ``cut`` into examples
+    (:func:`text_chunks`, or tokens :func:`pack`-ed), and the examples shuffled again.
+
+    The second shuffle matters as much as the first: a long document is cut into many
+    examples in a row (a 60 kB handbook page is 80 pieces of 768 characters, 20 steps of 4),
+    and without it a batch, and many steps in a row, is one document in one language; the
+    model drifts toward it and away from the rest (docs/results.md)."""
+    docs = documents(paths, epoch, seed, buffer)
+    return shuffled(iter(cut(docs)), buffer, random.Random(f"{seed}:{epoch}:examples"))
 
 
 # Characters of text per example for trainers that tokenize text themselves (text_chunks):
