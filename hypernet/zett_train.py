@@ -42,7 +42,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -63,7 +62,7 @@ from transplant.io.sources import resolve_model
 from transplant.io.trust import Trust
 from transplant.vocab.surface import vocabulary
 from transplant.training.alm import (
-    ALMOutput, TeacherChunks, alm_against, boundary_token_mask, next_token_logprobs,
+    ALMOutput, NextTokenLogprobs, TeacherChunks, alm_against, boundary_token_mask, next_token_logprobs,
 )
 from transplant.training.distill import (
     Encoder, ObjectiveConfig, Pair, Reader, Side, Teacher, boundary_tokens, encode_side,
@@ -285,23 +284,25 @@ class HypernetTask:
             inputs = torch.cat([torch.zeros_like(tokens[:, :1]), token_rows[:, :-1]], dim=1)
             mask = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], dim=1).long()
             logits = step_logits(self.lm, table[inputs], mask, rows_out)[valid].float() + drawn.bias
-            ce = F.cross_entropy(logits, local)
+            # one softmax over the candidates for both objectives: the CE is the mean token log-prob
+            debiased = drawn.chunks is not None and drawn.chunks.debiased
+            logp = next_token_logprobs(logits, local, drawn.starts_word if debiased else None)
+            ce = -logp.token.mean()
             lexical = self.lexical(drawn.pieces, rows_in, rows_out)
         ce_all = ce * share["tokens"]
         loss = ce_all + cfg.lexical_weight * lexical
         metrics = {"ce": ce.item(), "lexical": lexical.item(), "vocab": float(drawn.vocab_size),
                    "rows": float(len(drawn.selected))}
         if drawn.chunks is not None:
-            alm = self.distill(logits, drawn)
+            alm = self.distill(logp, drawn)
             loss = cfg.alm_weight * alm.loss * share["chunks"] + cfg.lm_weight * ce_all + cfg.lexical_weight * lexical
             metrics |= {"alm": alm.loss.item(), "chunks": float(alm.num_chunks), "chunk_gap": alm.mean_abs_logp_diff.item()}
         return StepOutput(loss, int(batch.counts["tokens"]), metrics)
 
-    def distill(self, logits: torch.Tensor, drawn: Drawn) -> ALMOutput:
-        """ALM against the base's chunks (its pass was in :meth:`prepare`). ``logits`` (valid
-        positions, candidates) are the sampled softmax of the step with the candidates'
-        corrections: the log-probs ALM compares are the CE's estimates."""
-        logp = next_token_logprobs(logits, drawn.local, drawn.starts_word if drawn.chunks.debiased else None)
+    def distill(self, logp: NextTokenLogprobs, drawn: Drawn) -> ALMOutput:
+        """ALM against the base's chunks (its pass was in :meth:`prepare`). ``logp`` (valid
+        positions) come from the step's sampled softmax with the candidates' corrections: the
+        log-probs ALM compares are the CE's estimates."""
         boundary_logp = None if logp.boundary is None else on_grid(logp.boundary, drawn.valid)
         return alm_against(on_grid(logp.token, drawn.valid), drawn.chunks, temperature=self.teacher.config.temperature,
                            student_boundary_logp=boundary_logp)

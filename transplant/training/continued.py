@@ -31,9 +31,9 @@ import dataclasses
 import functools
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -274,6 +274,7 @@ class ContinuedTask:
         return epoch_examples(self.corpora, epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.cut)
 
     def cut(self, docs: Iterator[str]) -> Iterator:
+        """Documents, in order, into this objective's examples (shuffled afterwards)."""
         if self.teacher is not None:
             return text_chunks(docs, CHARS_PER_TOKEN * self.cfg.seq_len)
         ids = (self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in docs)
