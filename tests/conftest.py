@@ -84,6 +84,12 @@ CHAT_TEMPLATE = (
 )
 
 
+def long_documents(path: Path, count: int = 6, words: int = 300) -> Path:
+    """``count`` documents of ``words`` words each, every one written with its own marker word."""
+    path.write_text("".join(json.dumps({"text": " ".join([f"doc{d}"] * words)}) + "\n" for d in range(count)))
+    return path
+
+
 def bpe_tokenizer(corpus: Path, vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2 style) with chat markers, like SmolLM2's."""
     tok = Tokenizer(models.BPE())

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from transplant.cli import app
-from conftest import bpe_tokenizer, micro_loss, tiny_llama
+from conftest import bpe_tokenizer, long_documents, micro_loss, tiny_llama
 from transplant.training.continued import ContinuedConfig, ContinuedTask, Transplanted, load_train_config, load_transplanted, train
 from transplant.errors import UserError
 from transplant.evaluation.evaluate import evaluate_model
@@ -389,12 +389,6 @@ def test_stage_two_starts_from_stage_ones_last_evaluation_without_scoring_again(
     assert [r["step"] for r in evals[1]] == [0, 2] and [r["step"] for r in evals[2]] == [0, 2]
     assert evals[2][0]["eval"] == evals[1][-1]["eval"] and evals[2][-1]["eval"] != evals[1][-1]["eval"]
     assert len(scored) == 3  # stage 1 start and end, stage 2 end
-
-
-def long_documents(path: Path, count: int = 6, words: int = 300) -> Path:
-    """``count`` documents of ``words`` words each, every one written with its own marker word."""
-    path.write_text("".join(json.dumps({"text": " ".join([f"doc{d}"] * words)}) + "\n" for d in range(count)))
-    return path
 
 
 @OBJECTIVES

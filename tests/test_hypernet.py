@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import bpe_tokenizer, micro_loss, tiny_llama
+from conftest import bpe_tokenizer, long_documents, micro_loss, tiny_llama
 from transplant.hypernet.sampler import SamplerConfig, TokenizerSampler
 from transplant.hypernet.zett_train import HypernetTask, HypernetTrainConfig
 from transplant.hypernet.fingerprint import BaseSample, base_hash
@@ -156,8 +156,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny: dict[str, Path], tmp_pa
 
 def test_a_long_document_does_not_fill_the_first_batches(tiny: dict[str, Path], tmp_path: Path) -> None:
     """Examples are shuffled after the cut, as for ``transplant train`` (test_continued)."""
-    corpus = tmp_path / "long.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join([f"doc{d}"] * 300)}) + "\n" for d in range(6)))
+    corpus = long_documents(tmp_path / "long.jsonl")
     cfg = tiny_config(tiny, tmp_path / "hn", corpus=[str(corpus)], shuffle_buffer=200)
     stream = HypernetTask(cfg, make_accelerator(cfg)).examples(0)
     first = [next(stream) for _ in range(12)]
